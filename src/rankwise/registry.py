@@ -1,0 +1,80 @@
+"""Names users write in configs, mapped to the code that builds them.
+
+Each entry points at a module attribute by string, so that listing names never imports torch
+vision, open_clip or transformers. A backbone or scenario module exposes
+
+* a ``@dataclass`` config class whose fields are its options (with ``metadata={"help": ...}``),
+* a factory: ``build_backbone(config, device) -> Backbone`` or ``build_scenario(config, seed) -> list[Task]``.
+
+The engine (and only the engine) resolves these names; adapters, backbones and scenarios never
+import each other.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from rankwise.errors import ConfigError, choices
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    config: str  # "module:ConfigClass"
+    factory: str  # "module:function"
+    summary: str
+
+    def load_config_class(self) -> type:
+        return _resolve(self.config)
+
+    def load_factory(self) -> Any:
+        return _resolve(self.factory)
+
+
+def _resolve(ref: str) -> Any:
+    module, attr = ref.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+BACKBONES: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry("toy", "rankwise.backbones.toy:ToyBackboneConfig", "rankwise.backbones.toy:build_backbone",
+              "tiny random dual encoder for tests and demos (no downloads)"),
+        Entry("sentence-encoder", "rankwise.backbones.text:SentenceEncoderConfig",
+              "rankwise.backbones.text:build_backbone",
+              "transformers sentence encoder (default all-MiniLM-L6-v2) scored like CLIP"),
+        Entry("open-clip", "rankwise.backbones.clip:OpenClipConfig", "rankwise.backbones.clip:build_open_clip",
+              "open_clip CLIP by architecture name, weights from a local file or random init"),
+        Entry("hf-clip", "rankwise.backbones.clip:HFClipConfig", "rankwise.backbones.clip:build_hf_clip",
+              "transformers CLIPModel from a local folder"),
+        Entry("causal-lm", "rankwise.backbones.causal_lm:CausalLMConfig", "rankwise.backbones.causal_lm:build_backbone",
+              "transformers causal LM from a local folder or GGUF file, trained on answer tokens"),
+    ]
+}
+
+SCENARIOS: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry("synthetic", "rankwise.scenarios.synthetic:SyntheticConfig", "rankwise.scenarios.synthetic:build_scenario",
+              "seeded synthetic classification tasks for the toy backbone"),
+        Entry("text-mtil", "rankwise.scenarios.text:TextMTILConfig", "rankwise.scenarios.text:build_scenario",
+              "real text classification tasks from shared/data/text, in a fixed order"),
+        Entry("mtil", "rankwise.scenarios.mtil:MTILConfig", "rankwise.scenarios.mtil:build_mtil",
+              "the 11 MTIL image datasets (Order I/II, full or N-shot)"),
+        Entry("xtail", "rankwise.scenarios.mtil:XTAILConfig", "rankwise.scenarios.mtil:build_xtail",
+              "X-TAIL: 10 datasets, 16-shot, union label space at test time"),
+        Entry("image-folder", "rankwise.scenarios.images:ImageFolderConfig", "rankwise.scenarios.images:build_scenario",
+              "your own images: root/<task>/{train,test}/<class>/*"),
+        Entry("trace", "rankwise.scenarios.trace:TraceConfig", "rankwise.scenarios.trace:build_scenario",
+              "TRACE-format prompt/answer tasks from a folder"),
+    ]
+}
+
+
+def lookup(table: dict[str, Entry], name: str, field: str) -> Entry:
+    if name not in table:
+        raise ConfigError(field, name, choices(sorted(table)))
+    return table[name]

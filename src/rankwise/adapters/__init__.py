@@ -1,0 +1,27 @@
+"""Rank-level adapters: LoRA, CoDyRA and MoRAM layers, injection and the task lifecycle."""
+
+from rankwise.adapters.base import AdapterConfig, AdapterLayer
+from rankwise.adapters.codyra import CoDyRAConfig, CoDyRALinear
+from rankwise.adapters.export import delta_state_dict, export_peft
+from rankwise.adapters.lora import LoRAConfig, LoRALinear
+from rankwise.adapters.model import RankwiseModel, adapter_config_from_dict, get_model, load_model
+from rankwise.adapters.moram import MoRAMConfig, MoRAMLinear
+from rankwise.adapters.presets import TARGET_PRESETS
+
+__all__ = [
+    "AdapterConfig",
+    "AdapterLayer",
+    "CoDyRAConfig",
+    "CoDyRALinear",
+    "LoRAConfig",
+    "LoRALinear",
+    "MoRAMConfig",
+    "MoRAMLinear",
+    "RankwiseModel",
+    "TARGET_PRESETS",
+    "adapter_config_from_dict",
+    "delta_state_dict",
+    "export_peft",
+    "get_model",
+    "load_model",
+]

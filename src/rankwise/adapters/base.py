@@ -1,0 +1,189 @@
+"""What every rank-level adapter shares: its config fields and the layer that wraps an nn.Linear.
+
+A layer keeps the frozen `base_layer` and adds a task-dependent low-rank term:
+
+    y = base_layer(x) + delta(x)
+
+Each method defines `delta` and what happens at `begin_task` / `end_task`. Methods that merge
+(CoDyRA, LoRA with ``merge_on_task_end``) keep the merged per-task factors (A_t, B_t) so the history
+can be saved as a few MB of adapter files and exported as a delta from the pre-trained weights.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from rankwise.errors import ConfigError, LifecycleError
+
+
+@dataclass
+class AdapterConfig:
+    """Fields shared by every adapter method (peft's vocabulary)."""
+
+    method: ClassVar[str] = ""
+
+    r: int = field(default=16, metadata={"help": "rank of each task's adapter (atoms per task for MoRAM)"})
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "scaling numerator: scaling = lora_alpha / r; None means scaling 1"}
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input, in [0, 1)"})
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "module names (a name matches itself or any name ending in '.name') or one regex "
+            "matched against full module names; None uses `preset`"
+        },
+    )
+    preset: str | None = field(
+        default=None, metadata={"help": "named target-module preset: open_clip, hf_clip, bert, llama, toy"}
+    )
+    exclude_modules: list[str] | str | None = field(
+        default=None, metadata={"help": "names or a regex of modules never to adapt (e.g. one tower)"}
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ConfigError("r", self.r, "an integer >= 1")
+        if self.lora_alpha is not None and (
+            not isinstance(self.lora_alpha, (int, float))
+            or not math.isfinite(self.lora_alpha)
+            or self.lora_alpha <= 0
+        ):
+            raise ConfigError("lora_alpha", self.lora_alpha, "a positive number or None (scaling 1)")
+        if not isinstance(self.lora_dropout, (int, float)) or not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError("lora_dropout", self.lora_dropout, "a number in [0, 1)")
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                value = list(value)
+                setattr(self, name, value)
+            if isinstance(value, str):
+                try:
+                    re.compile(value)
+                except re.error as exc:
+                    raise ConfigError(name, value, f"a valid regular expression ({exc})") from exc
+            elif value is not None and (
+                not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value)
+            ):
+                raise ConfigError(name, value, "a non-empty list of module names, a regex string, or None")
+        from rankwise.adapters.presets import TARGET_PRESETS
+
+        if self.preset is not None and self.preset not in TARGET_PRESETS:
+            raise ConfigError("preset", self.preset, "one of " + ", ".join(sorted(TARGET_PRESETS)))
+
+    @property
+    def scaling(self) -> float:
+        return 1.0 if self.lora_alpha is None else float(self.lora_alpha) / self.r
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **asdict(self)}
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def kaiming_rows(rows: int, in_features: int, like: torch.Tensor) -> torch.Tensor:
+    """An (rows, in_features) matrix initialised like nn.Linear: kaiming-uniform with a = sqrt(5)."""
+    weight = torch.empty(rows, in_features, dtype=like.dtype, device=like.device)
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    return weight
+
+
+class AdapterLayer(nn.Module):
+    """Wraps a frozen nn.Linear; subclasses add ``delta(x)`` and the task lifecycle."""
+
+    def __init__(self, base_layer: nn.Linear, config: AdapterConfig) -> None:
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"adapters wrap nn.Linear layers, got {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.r = config.r
+        self.scaling = config.scaling
+        self.in_features = base_layer.in_features
+        self.out_features = base_layer.out_features
+        self.dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        self.task_active = False
+        self.merged_tasks = 0
+        for p in base_layer.parameters():
+            p.requires_grad_(False)
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        if not self.has_delta():
+            return out
+        return out + self.delta(x).to(out.dtype)
+
+    def has_delta(self) -> bool:
+        return self.task_active
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def begin_task(self) -> None:
+        if self.task_active:
+            raise LifecycleError("begin_task() called while a task is active; call end_task() first")
+        self.task_active = True
+
+    def end_task(self) -> None:
+        if not self.task_active:
+            raise LifecycleError("end_task() called with no active task; call begin_task(name) first")
+        self.task_active = False
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [
+            p for name, p in self.named_parameters() if not name.startswith("base_layer.") and p.requires_grad
+        ]
+
+    def _factor_like(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    # -- merged history (methods that merge after each task) -------------------------------------
+    def merge_factors(self, A: torch.Tensor, B: torch.Tensor) -> None:
+        """W <- W + B A, recorded as task `merged_tasks` so the history can be saved and replayed.
+
+        The product is computed in float32 and added in the weight's dtype. Loading replays exactly
+        these operations in the same order, so a reloaded model is bit-identical.
+        """
+        weight = self.base_layer.weight
+        A = A.detach().to(weight.device)
+        B = B.detach().to(weight.device)
+        with torch.no_grad():
+            weight.add_((B.float() @ A.float()).to(weight.dtype))
+        index = self.merged_tasks
+        self.register_buffer(f"merged_A_{index}", A.clone(), persistent=False)
+        self.register_buffer(f"merged_B_{index}", B.clone(), persistent=False)
+        self.merged_tasks += 1
+
+    def merged_history(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [
+            (getattr(self, f"merged_A_{i}"), getattr(self, f"merged_B_{i}")) for i in range(self.merged_tasks)
+        ]
+
+    # -- persistence -------------------------------------------------------------------------------
+    def adapter_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """(JSON metadata, tensors) that `load_adapter_state` turns back into this exact layer."""
+        tensors: dict[str, torch.Tensor] = {}
+        for i, (A, B) in enumerate(self.merged_history()):
+            tensors[f"merged.{i}.A"] = A
+            tensors[f"merged.{i}.B"] = B
+        meta = {"merged_tasks": self.merged_tasks, "task_active": self.task_active}
+        return meta, tensors
+
+    def load_adapter_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        for i in range(int(meta["merged_tasks"])):
+            self.merge_factors(tensors[f"merged.{i}.A"], tensors[f"merged.{i}.B"])
+
+    def report(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features}
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, scaling={self.scaling:g}, merged_tasks={self.merged_tasks}"

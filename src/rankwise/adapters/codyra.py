@@ -1,0 +1,172 @@
+"""CoDyRA: dynamic rank-selective LoRA, merged into the weights after every task.
+
+Per adapted layer and task:  y = W x + b + s * B (g * (A dropout(x)))   (s = 1 unless lora_alpha is set)
+with A (r, d_in) kaiming-uniform(a = sqrt(5)), B (d_out, r) = 0 and the gate g (r,) ~ N(0, 1).
+The L1 penalty on g is never added to the loss: after each optimizer step the caller runs a proximal
+step on g (``after_optimizer_step``). Ranks whose gate reaches 0 die; at the end of the task they are
+dropped and W <- W + B diag(g) A, so inference costs exactly what the base model costs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rankwise.adapters.base import AdapterConfig, AdapterLayer, kaiming_rows
+from rankwise.errors import ConfigError
+
+PROX_OPERATORS = ("reference", "soft")
+
+
+@dataclass
+class CoDyRAConfig(AdapterConfig):
+    """CoDyRA (Lu et al., arXiv 2412.01004). Defaults follow the paper's X-TAIL setting."""
+
+    method = "codyra"
+
+    prox: str = field(
+        default="reference",
+        metadata={
+            "help": "'reference': the reference code's sequential operator (dead zone |g| <= 2k, no lr factor); "
+            "'soft': textbook soft threshold T_k(g) = 1(|g| > k)(g - sign(g) k)"
+        },
+    )
+    dense_fraction: float = field(
+        default=0.5,
+        metadata={"help": "fraction of a task's iterations trained densely before the prox step starts"},
+    )
+    k_max: float = field(default=0.005, metadata={"help": "final proximal threshold k"})
+    ramp_steps: int = field(
+        default=50, metadata={"help": "number of values k climbs through, linspace(0, k_max)"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prox not in PROX_OPERATORS:
+            raise ConfigError("prox", self.prox, "one of " + ", ".join(repr(p) for p in PROX_OPERATORS))
+        if not isinstance(self.dense_fraction, (int, float)) or not 0.0 <= self.dense_fraction < 1.0:
+            raise ConfigError("dense_fraction", self.dense_fraction, "a number in [0, 1)")
+        if not isinstance(self.k_max, (int, float)) or self.k_max < 0:
+            raise ConfigError("k_max", self.k_max, "a number >= 0")
+        if isinstance(self.ramp_steps, bool) or not isinstance(self.ramp_steps, int) or self.ramp_steps < 1:
+            raise ConfigError("ramp_steps", self.ramp_steps, "an integer >= 1")
+
+
+def threshold_at(
+    iteration: int,
+    total_iterations: int,
+    dense_fraction: float = 0.5,
+    k_max: float = 0.005,
+    ramp_steps: int = 50,
+) -> float | None:
+    """The proximal threshold k after optimizer step `iteration` (1-based) of `total_iterations`.
+
+    None while training densely (iteration <= dense_iters). Then k climbs through
+    linspace(0, k_max, ramp_steps), advancing every (T - dense_iters) // ramp_steps iterations, and
+    stays at k_max. With T = 500: dense until 250, k = 0 from 251, k = k_max from 495.
+    """
+    dense_iters = int(dense_fraction * total_iterations)
+    if iteration <= dense_iters:
+        return None
+    interval = max(1, (total_iterations - dense_iters) // ramp_steps)
+    step = min((iteration - dense_iters) // interval, ramp_steps - 1)
+    if ramp_steps == 1:
+        return float(k_max)
+    return float(k_max) * step / (ramp_steps - 1)
+
+
+@torch.no_grad()
+def prox_reference(gate: torch.Tensor, k: float) -> None:
+    """The reference code's operator, in place: three masked updates run in sequence.
+
+    ``p[p > k] -= k; p[p < -k] += k; p[|p| < k] = 0`` - values in (k, 2k) are first shrunk below k and
+    then zeroed, so the dead zone is |p| < 2k (not k), and k is not multiplied by the learning rate.
+    """
+    gate[gate > k] -= k
+    gate[gate < -k] += k
+    gate[gate.abs() < k] = 0
+
+
+@torch.no_grad()
+def prox_soft(gate: torch.Tensor, k: float) -> None:
+    """Textbook soft threshold, in place: g <- sign(g) max(|g| - k, 0)."""
+    gate.copy_(torch.sign(gate) * torch.clamp(gate.abs() - k, min=0))
+
+
+PROX = {"reference": prox_reference, "soft": prox_soft}
+
+
+class CoDyRALinear(AdapterLayer):
+    """y = W x + b + s * B (g * (A dropout(x))); ranks with g = 0 are dropped at merge time."""
+
+    def __init__(self, base_layer: nn.Linear, config: CoDyRAConfig) -> None:
+        super().__init__(base_layer, config)
+        self.lora_A: nn.Parameter | None = None
+        self.lora_B: nn.Parameter | None = None
+        self.gate: nn.Parameter | None = None
+        self.merged_ranks: list[int] = []
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A) * self.gate
+        return F.linear(h, self.lora_B) * self.scaling
+
+    def begin_task(self) -> None:
+        super().begin_task()
+        like = self._factor_like()
+        self.lora_A = nn.Parameter(kaiming_rows(self.r, self.in_features, like))
+        self.lora_B = nn.Parameter(
+            torch.zeros(self.out_features, self.r, dtype=like.dtype, device=like.device)
+        )
+        self.gate = nn.Parameter(torch.randn(self.r, dtype=like.dtype, device=like.device))
+
+    def prox_step(self, k: float, operator: str) -> None:
+        if self.gate is not None:
+            PROX[operator](self.gate.data, k)
+
+    def surviving_ranks(self) -> int:
+        return 0 if self.gate is None else int((self.gate.detach() != 0).sum())
+
+    def end_task(self) -> None:
+        super().end_task()
+        self.merge_current()
+
+    def merge_current(self) -> None:
+        """Drop zero-gate ranks and fold B diag(g) A (times the scaling) into W."""
+        if self.gate is None:
+            return
+        alive = self.gate.detach() != 0
+        A = self.lora_A.detach()[alive]
+        B = self.lora_B.detach()[:, alive] * (self.gate.detach()[alive] * self.scaling)
+        self.merge_factors(A, B)
+        self.merged_ranks.append(int(alive.sum()))
+        self.lora_A = self.lora_B = self.gate = None
+        self.task_active = False
+
+    def adapter_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        meta, tensors = super().adapter_state()
+        meta["merged_ranks"] = list(self.merged_ranks)
+        if self.gate is not None:
+            tensors.update(lora_A=self.lora_A, lora_B=self.lora_B, gate=self.gate)
+        return meta, tensors
+
+    def load_adapter_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        super().load_adapter_state(meta, tensors)
+        self.merged_ranks = [int(r) for r in meta["merged_ranks"]]
+        if meta["task_active"]:
+            device = self._factor_like().device
+            self.lora_A = nn.Parameter(tensors["lora_A"].to(device))
+            self.lora_B = nn.Parameter(tensors["lora_B"].to(device))
+            self.gate = nn.Parameter(tensors["gate"].to(device))
+            self.task_active = True
+
+    def report(self) -> dict[str, Any]:
+        return {
+            **super().report(),
+            "r": self.r,
+            "merged_ranks": list(self.merged_ranks),
+            "active_surviving_ranks": self.surviving_ranks() if self.gate is not None else None,
+        }

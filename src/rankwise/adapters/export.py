@@ -1,0 +1,89 @@
+"""Export what merged adapters added to the pre-trained weights.
+
+After CoDyRA tasks, W = W0 + sum_t B_t A_t (dead ranks already dropped, gates and scaling folded
+into B_t). Stacking the factors, A = [A_1; ...; A_T] and B = [B_1, ..., B_T], gives B A = W - W0: a
+LoRA of rank sum_t r_t per layer, which peft loads with ``rank_pattern`` and ``alpha_pattern`` set so
+that its scaling alpha / r is 1.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from rankwise import io
+from rankwise.adapters.attention import SplitMultiheadAttention
+from rankwise.adapters.model import RankwiseModel
+from rankwise.errors import LifecycleError, RankwiseError
+
+
+def stacked_factors(model: RankwiseModel) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{layer name: (A, B)} with B @ A equal to everything merged into that layer so far."""
+    factors = {}
+    for name, layer in model.adapter_layers().items():
+        history = layer.merged_history()
+        if history:
+            factors[name] = (torch.cat([a for a, _ in history]), torch.cat([b for _, b in history], dim=1))
+    return factors
+
+
+def delta_state_dict(model: RankwiseModel) -> dict[str, torch.Tensor]:
+    """{"<layer>.weight": W - W0} (float32) for every layer that merged something."""
+    return {f"{name}.weight": B.float() @ A.float() for name, (A, B) in stacked_factors(model).items()}
+
+
+def export_peft(model: RankwiseModel, directory: str | os.PathLike[str]) -> Path:
+    """Write a peft LoRA folder (adapter_config.json + adapter_model.safetensors) whose delta is W - W0.
+
+    Load it with ``peft.PeftModel.from_pretrained(fresh_base_model, directory)``.
+    """
+    if model.current_task is not None:
+        raise LifecycleError(
+            f"task {model.current_task!r} is still active; call end_task() before export_peft()"
+        )
+    split = [n for n, m in model.base_model.named_modules() if isinstance(m, SplitMultiheadAttention)]
+    factors = {n: f for n, f in stacked_factors(model).items() if f[0].shape[0] > 0}
+    inside_split = [n for n in factors if any(n.startswith(s + ".") for s in split)]
+    if inside_split:
+        raise RankwiseError(
+            f"layers {inside_split[:3]} live in a split nn.MultiheadAttention, which peft cannot target as q/k/v; "
+            "use rankwise.adapters.export.delta_state_dict(model) or save_pretrained() instead"
+        )
+    if not factors:
+        raise RankwiseError(
+            "nothing has been merged yet: finish at least one task with surviving ranks first"
+        )
+    ranks = {name: int(A.shape[0]) for name, (A, _) in factors.items()}
+    tensors = {}
+    for name, (A, B) in factors.items():
+        tensors[f"base_model.model.{name}.lora_A.weight"] = A
+        tensors[f"base_model.model.{name}.lora_B.weight"] = B
+    directory = Path(directory)
+    io.save_tensors(directory / "adapter_model.safetensors", tensors, metadata={"format": "pt"})
+    first = next(iter(ranks.values()))
+    io.write_json(
+        directory / "adapter_config.json",
+        {
+            "peft_type": "LORA",
+            "task_type": None,
+            "base_model_name_or_path": None,
+            "inference_mode": True,
+            "r": first,
+            "lora_alpha": first,
+            "lora_dropout": 0.0,
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "target_modules": sorted(ranks),
+            "rank_pattern": ranks,
+            "alpha_pattern": dict(ranks),
+            "use_rslora": False,
+            "use_dora": False,
+            "init_lora_weights": True,
+            "modules_to_save": None,
+            "layers_to_transform": None,
+            "layers_pattern": None,
+        },
+    )
+    return directory

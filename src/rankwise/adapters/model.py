@@ -1,0 +1,248 @@
+"""`get_model` / `load_model` and the wrapper that carries the continual-learning lifecycle.
+
+model = get_model(base, CoDyRAConfig(preset="open_clip"))
+for task in stream:
+    model.begin_task(task.name)                      # fresh trainable factors
+    ...train; after each optimizer.step():
+    model.after_optimizer_step(iteration, total)     # CoDyRA's proximal gate step
+    model.end_task()                                 # CoDyRA: prune + merge; MoRAM: freeze atoms
+model.save_pretrained("adapters/")                   # adapter_config.json + adapter_model.safetensors
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rankwise import __version__, io
+from rankwise.adapters.attention import SplitMultiheadAttention
+from rankwise.adapters.base import AdapterConfig, AdapterLayer
+from rankwise.adapters.codyra import CoDyRAConfig, threshold_at
+from rankwise.adapters.inject import inject_adapters, set_submodule
+from rankwise.adapters.lora import LoRAConfig
+from rankwise.adapters.moram import MoRAMConfig, MoRAMLinear
+from rankwise.errors import CheckpointError, ConfigError, LifecycleError, RankwiseError
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+FORMAT = "rankwise-adapter"
+CONFIG_CLASSES: dict[str, type[AdapterConfig]] = {
+    c.method: c for c in (LoRAConfig, CoDyRAConfig, MoRAMConfig)
+}
+
+
+def adapter_config_from_dict(data: dict[str, Any]) -> AdapterConfig:
+    """Build LoRAConfig / CoDyRAConfig / MoRAMConfig from ``{"method": ..., **fields}``."""
+    data = dict(data)
+    method = data.pop("method", None)
+    if method not in CONFIG_CLASSES:
+        raise ConfigError("method", method, "one of " + ", ".join(repr(m) for m in CONFIG_CLASSES))
+    cls = CONFIG_CLASSES[method]
+    unknown = sorted(set(data) - set(cls.field_names()))
+    if unknown:
+        raise ConfigError(
+            f"method.{unknown[0]}",
+            data[unknown[0]],
+            f"a field of {cls.__name__}: {', '.join(cls.field_names())}",
+        )
+    return cls(**data)
+
+
+def get_model(model: nn.Module, config: AdapterConfig) -> RankwiseModel:
+    """Freeze `model`, inject adapters in place where `config` targets, and wrap it."""
+    if not isinstance(config, AdapterConfig):
+        raise TypeError(
+            f"config must be a LoRAConfig, CoDyRAConfig or MoRAMConfig, got {type(config).__name__}"
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    inject_adapters(model, config)
+    return RankwiseModel(model, config)
+
+
+class RankwiseModel(nn.Module):
+    """A model with rank-level adapters; forwards exactly like the wrapped model."""
+
+    def __init__(self, base_model: nn.Module, config: AdapterConfig) -> None:
+        super().__init__()
+        self.base_model = base_model
+        self.config = config
+        self.tasks: list[str] = []
+        self.current_task: str | None = None
+        self._unloaded = False
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self._check_usable()
+        return self.base_model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("base_model"), name)
+
+    def adapter_layers(self) -> dict[str, AdapterLayer]:
+        return {n: m for n, m in self.base_model.named_modules() if isinstance(m, AdapterLayer)}
+
+    def _check_usable(self) -> None:
+        if self._unloaded:
+            raise LifecycleError("this wrapper was unloaded by merge_and_unload(); use the model it returned")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def begin_task(self, name: str) -> None:
+        """Start task `name`: create its trainable factors (a fresh adapter / fresh atoms)."""
+        self._check_usable()
+        if self.current_task is not None:
+            raise LifecycleError(
+                f"begin_task({name!r}) while task {self.current_task!r} is active; call end_task() first"
+            )
+        if not isinstance(name, str) or not name or name in self.tasks:
+            raise LifecycleError(
+                f"task name {name!r} must be a non-empty string not used before (seen: {self.tasks})"
+            )
+        for layer in self.adapter_layers().values():
+            layer.begin_task()
+        self.current_task = name
+
+    def end_task(self) -> None:
+        """Finish the current task (CoDyRA: drop dead ranks and merge; MoRAM: freeze atoms into the bank)."""
+        self._check_usable()
+        if self.current_task is None:
+            raise LifecycleError("end_task() with no active task; call begin_task(name) first")
+        for layer in self.adapter_layers().values():
+            layer.end_task()
+        self.tasks.append(self.current_task)
+        self.current_task = None
+
+    def after_optimizer_step(self, iteration: int, total_iterations: int) -> dict[str, Any]:
+        """Call after every optimizer.step() with the 1-based step count of this task.
+
+        CoDyRA: applies the proximal step to every gate with the scheduled threshold k and returns
+        ``{"k": k}`` (None during the dense phase). Other methods: no-op, returns {}.
+        """
+        if self.current_task is None:
+            raise LifecycleError("after_optimizer_step() with no active task; call begin_task(name) first")
+        if not 1 <= iteration <= total_iterations:
+            raise ValueError(f"iteration={iteration} must be in [1, total_iterations={total_iterations}]")
+        if not isinstance(self.config, CoDyRAConfig):
+            return {}
+        cfg = self.config
+        k = threshold_at(iteration, total_iterations, cfg.dense_fraction, cfg.k_max, cfg.ramp_steps)
+        if k is not None:
+            for layer in self.adapter_layers().values():
+                layer.prox_step(k, cfg.prox)
+        return {"k": k}
+
+    # -- parameters and reports -----------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for layer in self.adapter_layers().values() for p in layer.trainable_parameters()]
+
+    def print_trainable_parameters(self) -> None:
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        total = sum(p.numel() for p in self.base_model.parameters())
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / max(total, 1):.4f}"
+        )
+
+    def rank_report(self) -> list[dict[str, Any]]:
+        """Per adapted layer: surviving ranks per task (CoDyRA), bank size and activation rates (MoRAM)."""
+        return [{"layer": name, **layer.report()} for name, layer in self.adapter_layers().items()]
+
+    @contextmanager
+    def track_activations(self) -> Iterator[None]:
+        """Count, in eval mode, how often each MoRAM atom gets non-zero weight (see rank_report)."""
+        layers = [m for m in self.adapter_layers().values() if isinstance(m, MoRAMLinear)]
+        for layer in layers:
+            layer.reset_activation_stats()
+            layer.track_activations = True
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.track_activations = False
+
+    # -- merging ---------------------------------------------------------------------------------
+    def merge_and_unload(self) -> nn.Module:
+        """Fold every adapter into its base weight and return the plain model (LoRA and CoDyRA)."""
+        self._check_usable()
+        if isinstance(self.config, MoRAMConfig):
+            raise RankwiseError(
+                "MoRAM cannot be merged: each token's mixture of atoms depends on the input, so no fixed weight "
+                "matrix reproduces it. Keep the adapter (save_pretrained) instead."
+            )
+        for name, layer in self.adapter_layers().items():
+            layer.merge_current()
+            set_submodule(self.base_model, name, layer.base_layer)
+        for name, module in list(self.base_model.named_modules()):
+            if isinstance(module, SplitMultiheadAttention):
+                set_submodule(self.base_model, name, module.to_fused())
+        self._unloaded = True
+        self.current_task = None
+        return self.base_model
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write adapter_config.json and adapter_model.safetensors (atomically) into `directory`."""
+        self._check_usable()
+        directory = Path(directory)
+        layers_meta: dict[str, Any] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        for name, layer in self.adapter_layers().items():
+            meta, layer_tensors = layer.adapter_state()
+            layers_meta[name] = meta
+            tensors.update({f"{name}::{key}": t for key, t in layer_tensors.items()})
+        io.save_tensors(directory / WEIGHTS_FILE, tensors, metadata={"format": FORMAT})
+        io.write_json(
+            directory / CONFIG_FILE,
+            {
+                "format": FORMAT,
+                "format_version": 1,
+                "rankwise_version": __version__,
+                "config": self.config.to_dict(),
+                "tasks": self.tasks,
+                "current_task": self.current_task,
+                "layers": layers_meta,
+            },
+        )
+        return directory
+
+
+def load_model(model: nn.Module, directory: str | os.PathLike[str]) -> RankwiseModel:
+    """Inject and restore a saved adapter (config, task history, merged factors, bank, live adapter)
+    into a fresh copy of the base model it was trained from."""
+    directory = Path(directory)
+    saved = io.read_json(directory / CONFIG_FILE)
+    if saved.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{directory / CONFIG_FILE} is not a rankwise adapter (format={saved.get('format')!r})"
+        )
+    tensors = io.load_tensors(directory / WEIGHTS_FILE)
+    wrapped = get_model(model, adapter_config_from_dict(saved["config"]))
+    layers = wrapped.adapter_layers()
+    if set(layers) != set(saved["layers"]):
+        missing = sorted(set(saved["layers"]) - set(layers))[:5]
+        extra = sorted(set(layers) - set(saved["layers"]))[:5]
+        raise CheckpointError(
+            f"adapter in {directory} does not fit this model: saved layers missing here {missing}, "
+            f"layers here not in the save {extra}"
+        )
+    for name, layer in layers.items():
+        prefix = f"{name}::"
+        layer_tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            layer.load_adapter_state(saved["layers"][name], layer_tensors)
+        except KeyError as exc:
+            raise CheckpointError(f"{directory / WEIGHTS_FILE} lacks tensor {prefix}{exc.args[0]}") from exc
+    wrapped.tasks = list(saved["tasks"])
+    wrapped.current_task = saved["current_task"]
+    return wrapped
+
+
+RankwiseModel.from_pretrained = staticmethod(load_model)  # peft-style spelling

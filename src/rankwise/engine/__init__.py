@@ -1,0 +1,1 @@
+"""The continual-learning engine: task loop, training, evaluation, resumable checkpoints."""

@@ -1,0 +1,441 @@
+"""The continual-learning loop: zero-shot row, then for each task train -> end_task -> evaluate all.
+
+    seed -> scenario tasks -> backbone -> adapters (get_model) -> evaluate all tasks (row 0)
+    for task i:  begin_task -> train N steps -> end_task -> save checkpoint -> evaluate all (row i)
+
+The run directory is the only output; `state/state.json` is its commit record (see checkpoint.py).
+With ``resume=True`` the loop restarts from the last commit: the model is rebuilt from the last
+finished task's checkpoint, the current task's trainable tensors, optimizer, scheduler and RNG
+states come from the latest snapshot, and the data order is regenerated from (seed, task), so the
+accuracy matrix equals that of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from rankwise import io
+from rankwise.config import ADAPTER_METHODS, RunConfig, config_from_dict, resolve_method
+from rankwise.engine import checkpoint as ckpt
+from rankwise.engine.device import choose_device, rng_state, seed_everything, set_rng_state
+from rankwise.engine.evaluate import evaluate_all, validate_tasks
+from rankwise.engine.trainer import NonFiniteLossError, StepLog, make_optimizer, make_scheduler, train_task
+from rankwise.errors import CheckpointError, ConfigError, RankwiseError
+from rankwise.metrics import summarize
+from rankwise.registry import BACKBONES, SCENARIOS
+from rankwise.tasks import Task
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced (also on disk in `run_dir`)."""
+
+    accuracy_matrix: np.ndarray  # (T + 1, T); row 0 = zero-shot
+    metrics: dict[str, Any]
+    run_dir: Path
+    task_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Parts:
+    """Everything built from a config: tasks, backbone and the (possibly wrapped) model."""
+
+    tasks: list[Task]
+    backbone: Any
+    model: torch.nn.Module
+    device: torch.device
+
+
+# -- building ---------------------------------------------------------------------------------------
+def checkpoint_dir(run_dir: Path, index: int, task: Task) -> Path:
+    return run_dir / "checkpoints" / f"task_{index + 1}_{task.name}"
+
+
+def build_parts(config: RunConfig, restore_from: Path | None = None) -> Parts:
+    """Seed, build tasks and backbone, and attach the method (restoring a task checkpoint if given)."""
+    device = choose_device(config.device)
+    seed_everything(config.seed)
+    tasks = SCENARIOS[config.scenario.name].load_factory()(config.scenario.config, config.seed)
+    validate_tasks(tasks)
+    backbone = BACKBONES[config.backbone.name].load_factory()(config.backbone.config, device)
+    method = config.method.name
+    model: torch.nn.Module = backbone.model
+    if method in ADAPTER_METHODS:
+        import rankwise
+
+        adapter_config = resolve_method(config.method, backbone.default_target_preset)
+        if restore_from is not None:
+            ckpt.verify_dir(restore_from)
+            model = rankwise.load_model(backbone.model, restore_from)
+        else:
+            model = rankwise.get_model(backbone.model, adapter_config)
+    elif method == "full" and restore_from is not None:
+        ckpt.verify_dir(restore_from)
+        state = io.load_tensors(restore_from / "model.safetensors", device=device)
+        missing = set(backbone.model.state_dict()) ^ set(state)
+        if missing:
+            raise CheckpointError(
+                f"{restore_from} does not fit the model: keys differ, e.g. {sorted(missing)[:3]}"
+            )
+        backbone.model.load_state_dict(state)
+    return Parts(tasks, backbone, model, device)
+
+
+def save_task_checkpoint(directory: Path, method: str, model: torch.nn.Module) -> None:
+    def write(tmp: Path) -> None:
+        if method in ADAPTER_METHODS:
+            model.save_pretrained(tmp)
+        else:
+            seen: set[int] = set()
+            tensors = {}
+            for key, value in model.state_dict().items():
+                ptr = value.untyped_storage().data_ptr()
+                tensors[key] = value.clone() if ptr in seen else value  # safetensors refuses shared memory
+                seen.add(ptr)
+            io.save_tensors(tmp / "model.safetensors", tensors)
+
+    ckpt.write_dir_atomically(directory, write)
+
+
+# -- run directory policy ------------------------------------------------------------------------
+def _config_diff(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    def lines(d: dict[str, Any]) -> list[str]:
+        d = {k: v for k, v in d.items() if k != "output"}
+        return yaml.safe_dump(d, sort_keys=True).splitlines()
+
+    return "\n".join(
+        difflib.unified_diff(lines(saved), lines(current), "saved config.yaml", "this config", lineterm="")
+    )
+
+
+def prepare_run_dir(
+    run_dir: Path, resolved: dict[str, Any], resume: bool, overwrite: bool, say
+) -> dict | None:
+    """Apply the refuse/overwrite/resume rules; return the saved state when resuming."""
+    state = ckpt.read_state(run_dir / "state") if (run_dir / "state").is_dir() else None
+    if resume:
+        if state is None:
+            raise CheckpointError(
+                f"nothing to resume in {run_dir}: no state/state.json (start it without --resume)"
+            )
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        diff = _config_diff(saved, resolved)
+        if diff:
+            raise ConfigError(
+                "config",
+                str(run_dir / "config.yaml"),
+                f"the same config as the run being resumed; differences:\n{diff}",
+            )
+        return state
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            what = (
+                "a finished run"
+                if state and state.get("finished")
+                else "an unfinished run (continue it with --resume)"
+                if state
+                else "files that are not a rankwise run"
+            )
+            raise ConfigError(
+                "output.dir",
+                str(run_dir),
+                f"an empty or new directory: it holds {what}; pass --overwrite to replace it "
+                "(the old one is moved aside, not deleted)",
+            )
+        backup = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(run_dir), str(backup))
+        say(f"overwrite: moved the previous contents of {run_dir} to {backup}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+# -- the loop --------------------------------------------------------------------------------------
+class _Run:
+    def __init__(self, config: RunConfig, run_dir: Path, quiet: bool) -> None:
+        self.config, self.run_dir, self.quiet = config, run_dir, quiet
+        self.state_dir = run_dir / "state"
+        self.events: list[dict[str, Any]] = []
+        self.rows: list[list[float]] = []
+        self.snapshot_seq = 0
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            from tqdm import tqdm
+
+            tqdm.write(message)
+
+    def write_results(self, tasks: list[Task]) -> None:
+        names = [t.name for t in tasks]
+        labels = ["zero-shot"] + [f"after {n}" for n in names[: len(self.rows) - 1]]
+        io.write_json(
+            self.run_dir / "accuracy_matrix.json",
+            {"tasks": names, "rows": labels, "matrix": self.rows, "metric": [t.metric for t in tasks]},
+        )
+        text = "row," + ",".join(names) + "\n"
+        text += "".join(
+            f"{lab}," + ",".join(f"{v:.4f}" for v in row) + "\n" for lab, row in zip(labels, self.rows)
+        )
+        io.write_text(self.run_dir / "accuracy_matrix.csv", text)
+        io.write_text(self.run_dir / "events.jsonl", "".join(io.json.dumps(e) + "\n" for e in self.events))
+
+    def commit(
+        self, tasks, task_index: int, iteration: int, structured: dict[str, Any], finished=False
+    ) -> None:
+        """Snapshot, then atomically point state.json at it (the commit), then drop older snapshots."""
+        self.write_results(tasks)
+        meta, rng_tensors = rng_state()
+        self.snapshot_seq += 1
+        name = f"snap_{self.snapshot_seq:06d}"
+        ckpt.save_snapshot(self.state_dir / name, {"rng": meta}, {"rng": rng_tensors, **structured})
+        ckpt.write_state(
+            self.state_dir,
+            {
+                "task_index": task_index,
+                "iteration": iteration,
+                "snapshot": name,
+                "rows": self.rows,
+                "snapshot_seq": self.snapshot_seq,
+                "finished": finished,
+                "num_events": len(self.events),
+            },
+        )
+        ckpt.prune_snapshots(self.state_dir, name)
+
+    def progress(self, total: int, desc: str, initial: int = 0):
+        from tqdm import tqdm
+
+        return tqdm(
+            total=total, initial=initial, desc=desc, disable=self.quiet, dynamic_ncols=True, leave=False
+        )
+
+
+def run_experiment(
+    config: RunConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> RunResult:
+    """Run (or resume) the continual-learning experiment described by `config`; see module docstring."""
+    run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
+    config.output.dir = str(run_dir)
+    run = _Run(config, run_dir, quiet)
+    # validate + resolve the method against the backbone before touching the run directory
+    probe = build_parts(config)
+    resolved = config.to_dict()
+    state = prepare_run_dir(run_dir, resolved, resume, overwrite, run.say)
+    if state is None:
+        io.write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    elif state.get("finished"):
+        run.say(f"{run_dir} is already finished; nothing to resume")
+        return load_result(run_dir)
+    tasks = probe.tasks
+    start_task, start_iter, structured = 0, 0, {}
+    if state is not None:
+        run.rows = [list(r) for r in state["rows"]]
+        run.snapshot_seq = int(state["snapshot_seq"])
+        events_path = run_dir / "events.jsonl"
+        lines = events_path.read_text(encoding="utf-8").splitlines() if events_path.exists() else []
+        run.events = [io.json.loads(line) for line in lines[: int(state["num_events"])]]
+        start_task, start_iter = int(state["task_index"]), int(state["iteration"])
+        meta, structured = ckpt.load_snapshot(run_dir / "state" / state["snapshot"])
+        structured["rng_meta"] = meta["rng"]
+        restore = checkpoint_dir(run_dir, start_task - 1, tasks[start_task - 1]) if start_task > 0 else None
+        parts = build_parts(config, restore_from=restore) if restore is not None else probe
+        set_rng_state(structured["rng_meta"], structured["rng"])
+        run.say(f"resuming {run_dir} at task {start_task + 1}/{len(tasks)}, iteration {start_iter}")
+    else:
+        parts = probe
+        run.rows = [_evaluate(run, parts, tasks, "zero-shot")]
+        run.events.append({"event": "evaluation", "after": "zero-shot", "row": run.rows[0]})
+        if config.method.name == "zero-shot":
+            run.rows += [list(run.rows[0]) for _ in tasks]
+            run.commit(tasks, len(tasks), 0, {}, finished=True)
+            return _finish(run, tasks)
+        run.commit(tasks, 0, 0, {})
+    for index in range(start_task, len(tasks)):
+        _run_task(
+            run,
+            parts,
+            tasks,
+            index,
+            start_iter if index == start_task else 0,
+            structured if index == start_task else {},
+        )
+    return _finish(run, tasks)
+
+
+def _evaluate(run: _Run, parts: Parts, tasks: list[Task], label: str) -> list[float]:
+    bar = run.progress(len(tasks), f"eval {label}")
+    row = evaluate_all(parts.backbone, tasks, run.config.eval.batch_size, progress=lambda name: bar.update(1))
+    bar.close()
+    run.say(f"{label}: " + "  ".join(f"{t.name} {v:.1f}" for t, v in zip(tasks, row)))
+    return row
+
+
+def _trainable(parts: Parts, method: str) -> dict[str, torch.nn.Parameter]:
+    if method == "full":
+        for p in parts.model.parameters():
+            p.requires_grad_(True)
+        return dict(parts.model.named_parameters())
+    wanted = {id(p) for p in parts.model.trainable_parameters()}
+    return {n: p for n, p in parts.model.named_parameters() if id(p) in wanted}
+
+
+def _run_task(run: _Run, parts: Parts, tasks: list[Task], index: int, start_iter: int, saved: dict) -> None:
+    cfg, method, task = run.config.train, run.config.method.name, tasks[index]
+    if method in ADAPTER_METHODS:
+        parts.model.begin_task(task.name)
+    params = _trainable(parts, method)
+    optimizer = make_optimizer(list(params.values()), cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    if start_iter > 0:
+        if set(saved.get("params", {})) != set(params):
+            raise CheckpointError("the snapshot's trainable tensors do not match this model's; cannot resume")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(saved["params"][name])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng_meta"], saved["rng"])  # begin_task drew from the RNGs: rewind them
+    after = parts.model.after_optimizer_step if method in ADAPTER_METHODS else None
+    bar = run.progress(cfg.iterations, f"task {index + 1}/{len(tasks)} {task.name}", initial=start_iter)
+    last_good = [start_iter]
+
+    def on_step(log: StepLog) -> None:
+        bar.update(1)
+        if log.iteration % cfg.log_every == 0 or log.iteration == cfg.iterations:
+            bar.set_postfix(loss=f"{log.loss:.4f}", lr=f"{log.lr:.2e}")
+            run.events.append(
+                {
+                    "event": "step",
+                    "task": index + 1,
+                    "task_name": task.name,
+                    "iteration": log.iteration,
+                    "loss": log.loss,
+                    "lr": log.lr,
+                    "examples_per_s": round(log.examples_per_s, 2),
+                    "grad_norm": log.grad_norm,
+                }
+            )
+        if log.iteration % cfg.checkpoint_every == 0 and log.iteration < cfg.iterations:
+            run.commit(
+                tasks,
+                index,
+                log.iteration,
+                {
+                    "params": {n: p.detach() for n, p in params.items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                },
+            )
+            last_good[0] = log.iteration
+
+    try:
+        train_task(
+            backbone=parts.backbone,
+            model=parts.model,
+            task=task,
+            task_index=index,
+            cfg=cfg,
+            seed=run.config.seed,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            start_iteration=start_iter,
+            after_step=after,
+            on_step=on_step,
+            device=parts.device,
+        )
+    except NonFiniteLossError as exc:
+        bar.close()
+        run.write_results(tasks)
+        raise NonFiniteLossError(
+            f"{exc}. The last good state (task {index + 1}, iteration {last_good[0]}) and the checkpoints of "
+            f"finished tasks are kept in {run.run_dir}"
+        ) from None
+    bar.close()
+    report: list[dict[str, Any]] | None = None
+    if method in ADAPTER_METHODS:
+        parts.model.end_task()
+    save_task_checkpoint(checkpoint_dir(run.run_dir, index, task), method, parts.model)
+    if method in ADAPTER_METHODS:
+        with parts.model.track_activations():
+            row = _evaluate(run, parts, tasks, f"after {task.name}")
+        report = parts.model.rank_report()
+    else:
+        row = _evaluate(run, parts, tasks, f"after {task.name}")
+    run.rows.append(row)
+    run.events.append(
+        {
+            "event": "task_end",
+            "task": index + 1,
+            "task_name": task.name,
+            "method": method,
+            "row": row,
+            "rank_report": report,
+        }
+    )
+    run.commit(tasks, index + 1, 0, {}, finished=index + 1 == len(tasks))
+
+
+def _finish(run: _Run, tasks: list[Task]) -> RunResult:
+    matrix = np.asarray(run.rows, dtype=np.float64)
+    metrics = summarize(matrix)
+    io.write_json(
+        run.run_dir / "metrics.json",
+        {
+            "method": run.config.method.name,
+            "name": run.config.name,
+            "tasks": [t.name for t in tasks],
+            **metrics,
+        },
+    )
+    return RunResult(matrix, metrics, run.run_dir, [t.name for t in tasks])
+
+
+def load_result(run_dir: str | Path) -> RunResult:
+    """Read a finished run's accuracy matrix and metrics back from disk."""
+    run_dir = Path(run_dir)
+    data = io.read_json(run_dir / "accuracy_matrix.json")
+    metrics = io.read_json(run_dir / "metrics.json")
+    return RunResult(np.asarray(data["matrix"], dtype=np.float64), metrics, run_dir, list(data["tasks"]))
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise RankwiseError(f"{run_dir} is not a rankwise run directory (no config.yaml)")
+    return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+def evaluate_run(
+    run_dir: str | Path, task_names: list[str] | None = None, quiet: bool = True
+) -> dict[str, float]:
+    """Re-evaluate the latest task checkpoint of a saved run on the chosen tasks (default: all)."""
+    from rankwise.errors import choices
+
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    state = ckpt.read_state(run_dir / "state")
+    done = 0 if state is None else len(state["rows"]) - 1
+    probe = build_parts(config)
+    names = [t.name for t in probe.tasks]
+    for name in task_names or []:
+        if name not in names:
+            raise ConfigError("--tasks", name, choices(names))
+    restore = None
+    if config.method.name != "zero-shot" and done > 0:
+        restore = checkpoint_dir(run_dir, done - 1, probe.tasks[done - 1])
+    parts = build_parts(config, restore_from=restore) if restore is not None else probe
+    chosen = [t for t in parts.tasks if not task_names or t.name in task_names]
+    run = _Run(config, run_dir, quiet)
+    return dict(zip([t.name for t in chosen], _evaluate(run, parts, chosen, "checkpoint")))

@@ -1,0 +1,64 @@
+"""Evaluation: score every task with its metric, ``SCORERS[task.metric](predictions, targets)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from rankwise.errors import ConfigError, DataError, choices
+from rankwise.scoring import SCORERS
+from rankwise.tasks import ClassificationExample, Task
+
+
+def validate_tasks(tasks: Sequence[Task]) -> None:
+    """Catch bad scenario output before any training: empty tasks, labels outside the label list."""
+    if not tasks:
+        raise DataError("the scenario produced no tasks")
+    names = [t.name for t in tasks]
+    for task in tasks:
+        if names.count(task.name) > 1:
+            raise DataError(
+                f"task name {task.name!r} appears {names.count(task.name)} times; names must be unique"
+            )
+        if task.metric not in SCORERS:
+            raise ConfigError(f"task {task.name!r}: metric", task.metric, choices(SCORERS))
+        for split in ("train", "test"):
+            if len(getattr(task, split)) == 0:
+                raise DataError(f"task {task.name!r} has an empty {split} split")
+        if task.class_names is not None:
+            n_train = len(task.class_names)
+            n_eval = len(task.eval_class_names) if task.eval_class_names is not None else n_train
+            for split, limit, offset in (("train", n_train, 0), ("test", n_eval, task.label_offset)):
+                for i, ex in enumerate(getattr(task, split)):
+                    if isinstance(ex, ClassificationExample) and not 0 <= ex.label + offset < limit:
+                        raise DataError(
+                            f"task {task.name!r} {split} example {i} has label id {ex.label}, "
+                            f"outside its label list of {limit} classes"
+                        )
+
+
+@torch.no_grad()
+def evaluate_task(backbone: Any, task: Task, batch_size: int) -> float:
+    """Score of the current model on `task.test`, in [0, 100]."""
+    backbone.model.eval()
+    predictions: list[Any] = []
+    targets: list[Any] = []
+    for start in range(0, len(task.test), batch_size):
+        batch = backbone.collate(task.test[start : start + batch_size], task, False)
+        predictions.extend(backbone.predict(batch, task))
+        targets.extend(backbone.targets(batch))
+    return float(SCORERS[task.metric](predictions, targets))
+
+
+def evaluate_all(
+    backbone: Any, tasks: Sequence[Task], batch_size: int, progress: Callable[[str], None] | None = None
+) -> list[float]:
+    """One row of the accuracy matrix: the score on every task, in stream order."""
+    row = []
+    for task in tasks:
+        row.append(evaluate_task(backbone, task, batch_size))
+        if progress is not None:
+            progress(task.name)
+    return row

@@ -1,0 +1,140 @@
+"""Training one task: optimizer, schedule, seeded data order and the step loop.
+
+One optimizer step (iteration ``it``, 1-based) = ``grad_accumulation`` micro-batches, each
+``loss / grad_accumulation`` back-propagated, optional global-norm clipping, ``optimizer.step()``,
+``scheduler.step()``, then ``model.after_optimizer_step(it, total)`` (CoDyRA's proximal gate step).
+
+The learning rate at step ``it`` is ``lr * f(it - 1)`` with a linear warmup over
+``warmup_iterations`` then cosine decay to 0 (or constant). Data order is a pure function of
+``(seed, task index, micro-step)``: the example stream is a concatenation of per-epoch permutations
+drawn from private generators, so a resumed run regenerates exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from rankwise.config import TrainConfig
+from rankwise.engine.device import data_generator
+from rankwise.errors import RankwiseError
+from rankwise.tasks import Task
+
+
+class NonFiniteLossError(RankwiseError, FloatingPointError):
+    """The training loss became NaN or infinite; the run stopped at its last good snapshot."""
+
+
+def make_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = list(params)
+    if not params:
+        raise RankwiseError("no trainable parameters for this task (did the adapter match any layer?)")
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the peak lr for 0-based optimizer step `step`."""
+    if step < cfg.warmup_iterations:
+        return (step + 1) / (cfg.warmup_iterations + 1)
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(1, cfg.iterations - cfg.warmup_iterations)
+    return 0.5 * (1.0 + math.cos(math.pi * (step - cfg.warmup_iterations) / span))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+
+
+class DataOrder:
+    """Indices of micro-batch ``m`` of a task: positions [m*B, (m+1)*B) of the epoch-permutation stream."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, task_index: int) -> None:
+        self.n, self.batch_size, self.seed, self.task_index = num_examples, batch_size, seed, task_index
+        self._cache: dict[int, list[int]] = {}
+
+    def _epoch(self, epoch: int) -> list[int]:
+        if epoch not in self._cache:
+            self._cache = {
+                epoch: torch.randperm(
+                    self.n, generator=data_generator(self.seed, self.task_index, epoch)
+                ).tolist()
+            }
+        return self._cache[epoch]
+
+    def indices(self, micro_step: int) -> list[int]:
+        start = micro_step * self.batch_size
+        return [self._epoch(p // self.n)[p % self.n] for p in range(start, start + self.batch_size)]
+
+
+@dataclass
+class StepLog:
+    """What the loop reports after every optimizer step."""
+
+    iteration: int
+    loss: float
+    lr: float
+    examples_per_s: float
+    grad_norm: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def train_task(
+    *,
+    backbone: Any,
+    model: nn.Module,
+    task: Task,
+    task_index: int,
+    cfg: TrainConfig,
+    seed: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    start_iteration: int,
+    after_step: Callable[[int, int], None] | None,
+    on_step: Callable[[StepLog], None],
+    device: torch.device,
+) -> None:
+    """Run optimizer steps start_iteration+1 .. cfg.iterations of `task`.
+
+    `on_step` is called after every step (the engine logs, snapshots and updates progress there).
+    A non-finite loss raises `NonFiniteLossError` before any parameter is updated with it.
+    """
+    order = DataOrder(len(task.train), cfg.batch_size, seed, task_index)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    model.train()
+    for it in range(start_iteration + 1, cfg.iterations + 1):
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        total_loss = 0.0
+        for micro in range(cfg.grad_accumulation):
+            idx = order.indices((it - 1) * cfg.grad_accumulation + micro)
+            batch = backbone.collate([task.train[i] for i in idx], task, True)
+            with autocast:
+                loss = backbone.loss(batch, task)
+            if not torch.isfinite(loss.detach()).all():
+                raise NonFiniteLossError(
+                    f"training loss is {loss.item()} on task {task_index + 1} ({task.name!r}), "
+                    f"iteration {it}: stopped; try a lower train.lr or set train.grad_clip"
+                )
+            (loss / cfg.grad_accumulation).backward()
+            total_loss += loss.item() / cfg.grad_accumulation
+        grad_norm = None
+        if cfg.grad_clip is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        if after_step is not None:
+            after_step(it, cfg.iterations)
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        on_step(StepLog(it, total_loss, lr, cfg.batch_size * cfg.grad_accumulation / elapsed, grad_norm))
+    model.eval()

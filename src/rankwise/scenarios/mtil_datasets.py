@@ -272,7 +272,7 @@ def _spec(
     return DatasetSpec(key, title, templates, tv, coop, obtain)
 
 
-_TV = "torchvision.datasets.{}(ROOT, download=True{})  # then use ROOT as data root"
+_TV = "python -c \"import torchvision; torchvision.datasets.{}('ROOT', download=True{})\""
 SPECS: dict[str, DatasetSpec] = {
     s.key: s
     for s in [

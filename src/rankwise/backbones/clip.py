@@ -165,13 +165,13 @@ class ClipBackbone:
 
     # --- Backbone protocol ----------------------------------------------------------------
     def collate(self, examples: Sequence[Any], task: Task, train: bool) -> ClipBatch:
-        transform = self.preprocess_train if train else self.preprocess_eval
-        pixels = torch.stack([transform(to_pil(ex.input)) for ex in examples]).to(self.device)
         labels = [int(ex.label) for ex in examples]
         n = len(task.class_names or [])
         bad = [y for y in labels if not 0 <= y < n]
         if bad:
             raise DataError(f"task {task.name!r}: label {bad[0]} outside its {n} classes")
+        transform = self.preprocess_train if train else self.preprocess_eval
+        pixels = torch.stack([transform(to_pil(ex.input)) for ex in examples]).to(self.device)
         offset = task.label_offset if task.eval_class_names else 0
         return ClipBatch(pixels, torch.tensor(labels, device=self.device), [y + offset for y in labels])
 

@@ -114,6 +114,15 @@ class AdapterLayer(nn.Module):
         for p in base_layer.parameters():
             p.requires_grad_(False)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight (models such as open_clip read ``layer.weight.dtype``)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)

@@ -84,7 +84,8 @@ def shared_text_prompt(task: str, text: str, label_words: Sequence[str]) -> str:
     return f"{instruction} Answer with one of: {', '.join(label_words)}.\n{body}\nAnswer:"
 
 
-Cap = int | dict[str, int] | None
+# plain `dict` (not dict[str, int]) in annotations: the run-config reader checks isinstance against them
+Cap = int | dict | None
 
 
 @dataclass
@@ -112,11 +113,11 @@ class TraceConfig:
     max_test: Cap = field(
         default=None, metadata={"help": "test examples per task (int, or {task: int}); None = all"}
     )
-    metrics: dict[str, str] = field(
+    metrics: dict = field(
         default_factory=dict, metadata={"help": "{task: metric} overriding TRACE defaults (a key of SCORERS)"}
     )
     default_metric: str = field(default="exact_match", metadata={"help": "metric of tasks without a default"})
-    max_new_tokens: int | dict[str, int] | None = field(
+    max_new_tokens: int | dict | None = field(
         default=None, metadata={"help": "generation length per task (int, or {task: int}); None = defaults"}
     )
     default_max_new_tokens: int = field(

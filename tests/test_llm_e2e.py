@@ -1,0 +1,105 @@
+"""End to end: a tiny random Llama learns two TRACE-format tasks in sequence with CoDyRA and MoRAM.
+
+Evaluation is by greedy generation scored with each task's metric; OP and BWT come from the matrix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rankwise.config import config_from_dict
+from rankwise.engine.continual import run_experiment
+
+TINY = Path(__file__).parent / "backbones"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls on a shared CPU: intra-op threads cost far more than they save (60 s vs 2 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def llm_folders(tmp_path_factory):
+    import sys
+
+    sys.path.insert(0, str(TINY))
+    from test_causal_lm import save_tiny_llama
+
+    root = tmp_path_factory.mktemp("llm_e2e")
+    save_tiny_llama(root / "model")
+    subjects = ["the cat", "a dog", "the mat", "the sky", "grass", "a big cat", "the small dog", "it"]
+    tasks = {
+        # task 1: every prompt is answered "blue"; task 2: "yes no" (learnable by attention adapters)
+        "color": [{"prompt": f"what is the color of {s}", "answer": "blue"} for s in subjects],
+        "question": [{"prompt": f"is it {s} question", "answer": "yes no"} for s in subjects],
+    }
+    for name, items in tasks.items():
+        (root / "data" / name).mkdir(parents=True)
+        (root / "data" / name / "train.json").write_text(json.dumps(items))
+        (root / "data" / name / "eval.json").write_text(json.dumps(items[:4]))
+    return root
+
+
+def run(root: Path, method: dict, tmp_path: Path):
+    config = config_from_dict(
+        {
+            "name": f"tiny_{method['name']}",
+            "seed": 0,
+            "device": "cpu",
+            "method": method,
+            "backbone": {"name": "causal-lm", "path": str(root / "model"), "max_length": 32},
+            "scenario": {
+                "name": "trace",
+                "root": str(root / "data"),
+                "tasks": ["color", "question"],
+                "metrics": {"question": "edit_similarity"},
+                "max_new_tokens": 4,
+            },
+            "train": {
+                "iterations": 40,
+                "batch_size": 8,
+                "optimizer": "adam",
+                "lr": 2.0e-2,
+                "betas": [0.9, 0.95],
+                "schedule": "constant",
+                "grad_clip": 1.0,
+                "log_every": 20,
+                "checkpoint_every": 40,
+            },
+            "eval": {"batch_size": 8},
+        }
+    )
+    return run_experiment(config, run_dir=tmp_path / method["name"], quiet=True)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"name": "codyra", "r": 4, "k_max": 0.005},
+        {"name": "moram", "r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "tau": 0.03, "delta": 0.2},
+    ],
+    ids=["codyra", "moram"],
+)
+def test_two_task_stream_trains_and_reports_op_bwt(llm_folders, method, tmp_path):
+    result = run(llm_folders, method, tmp_path)
+    acc = np.asarray(result.accuracy_matrix)
+    assert acc.shape == (3, 2) and np.isfinite(acc).all() and ((acc >= 0) & (acc <= 100)).all()
+    # training on task 1 teaches its answer: exact match jumps from the random model's 0
+    assert acc[0, 0] == 0.0 and acc[1, 0] == 100.0
+    assert acc[2, 1] > acc[0, 1] + 30  # task 2 (edit similarity) improves after training on it
+    if method["name"] == "moram":
+        assert acc[2, 0] == 100.0  # frozen atoms of task 1 still answer it (CoDyRA's merge forgets here)
+    op = acc[2].mean()
+    bwt = acc[2, 0] - acc[1, 0]
+    assert result.metrics["op"] == pytest.approx(op)
+    assert result.metrics["bwt"] == pytest.approx(bwt)
+    assert (result.run_dir / "metrics.json").is_file()

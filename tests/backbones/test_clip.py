@@ -298,3 +298,21 @@ def test_config_errors(tmp_path: Path) -> None:
         build_open_clip(OpenClipConfig(architecture="ViT-Q-99"))
     with pytest.raises(ConfigError, match="backbone.path"):
         HFClipConfig(path=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_vit_b16_shapes_with_codyra_forward_backward() -> None:
+    """ViT-B/16 (random init): 144 adapted linears, 4.4M trainable parameters at r = 16 (METHODS.md),
+    one forward/backward of the CLIP loss reaches every factor. About 45 s on 2 shared CPU cores."""
+    import rankwise
+
+    backbone = build_open_clip(OpenClipConfig(architecture="ViT-B-16"), "cpu")
+    model = rankwise.get_model(backbone.model, rankwise.CoDyRAConfig(r=16, preset="open_clip"))
+    model.begin_task("t")
+    params = model.trainable_parameters()
+    assert sum(p.numel() for p in params) == 4_425_984
+    assert len(model.rank_report()) == 144
+    task = Task("t", [], [], class_names=["cat", "dog"], templates=["a photo of a {}."])
+    batch = ClipBatch(torch.randn(2, 3, 224, 224), torch.tensor([0, 1]), [0, 1])
+    backbone.loss(batch, task).backward()
+    assert all(p.grad is not None for p in params)

@@ -349,7 +349,6 @@ def build_open_clip(config: OpenClipConfig, device: str | torch.device | None = 
         )
         tokenizer = open_clip.get_tokenizer(config.architecture)
     model = model.to(device).float()
-    _pin_cast_dtype(model, torch.float32)
     return OpenClipBackbone(
         model,
         tokenizer,
@@ -359,14 +358,6 @@ def build_open_clip(config: OpenClipConfig, device: str | torch.device | None = 
         eval_templates=config.eval_templates,
         t2i_weight=config.t2i_weight,
     )
-
-
-def _pin_cast_dtype(model: nn.Module, dtype: torch.dtype) -> None:
-    """open_clip picks its text cast dtype from ``block.mlp.c_fc.weight.dtype``; an adapter wrapper around
-    c_fc need not expose ``.weight``, so each block reports the (float32) dtype fixed at build time."""
-    for module in model.modules():
-        if hasattr(type(module), "get_weight_dtype"):
-            module.get_weight_dtype = lambda d=dtype: d  # type: ignore[method-assign]
 
 
 def save_open_clip(model: nn.Module, folder: str | Path, model_cfg: dict[str, Any]) -> Path:

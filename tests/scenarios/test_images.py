@@ -10,7 +10,13 @@ import pytest
 from PIL import Image
 
 from rankwise.errors import ConfigError, DataError
-from rankwise.scenarios.images import ImageFolderConfig, build_scenario, class_name, read_idx
+from rankwise.scenarios.images import (
+    FASHION_MNIST_DIR,
+    ImageFolderConfig,
+    build_scenario,
+    class_name,
+    read_idx,
+)
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "images"
 
@@ -129,3 +135,12 @@ def test_mnist_5k_stratified_split() -> None:
     train_counts = np.bincount([e.label for e in task.train], minlength=10)
     assert np.all(np.abs(test_counts - np.round(0.2 * (test_counts + train_counts))) == 0)
     assert task.train[0].input.shape == (28, 28) and task.train[0].input.dtype == np.uint8
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_real_fashion_mnist_from_debian_package() -> None:
+    task = build_scenario(ImageFolderConfig(tasks=["fashion-mnist"], max_test_per_task=500), seed=0)[0]
+    assert task.info["num_train"] == 60000 and task.info["num_test"] == 500
+    counts = np.bincount([e.label for e in task.train], minlength=10)
+    assert counts.tolist() == [6000] * 10  # Fashion-MNIST's training set is balanced
+    assert task.train[0].input.shape == (28, 28)

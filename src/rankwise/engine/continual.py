@@ -12,9 +12,6 @@ accuracy matrix equals that of an uninterrupted run.
 
 from __future__ import annotations
 
-import difflib
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +21,13 @@ import torch
 import yaml
 
 from rankwise import io
-from rankwise.config import ADAPTER_METHODS, RunConfig, config_from_dict, resolve_method
+from rankwise.config import ADAPTER_METHODS, RunConfig, resolve_method
 from rankwise.engine import checkpoint as ckpt
 from rankwise.engine.device import choose_device, rng_state, seed_everything, set_rng_state
 from rankwise.engine.evaluate import evaluate_all, validate_tasks
+from rankwise.engine.rundir import load_result, load_run_config, prepare_run_dir
 from rankwise.engine.trainer import NonFiniteLossError, StepLog, make_optimizer, make_scheduler, train_task
-from rankwise.errors import CheckpointError, ConfigError, RankwiseError
+from rankwise.errors import CheckpointError, ConfigError
 from rankwise.metrics import summarize
 from rankwise.registry import BACKBONES, SCENARIOS
 from rankwise.tasks import Task
@@ -104,58 +102,6 @@ def save_task_checkpoint(directory: Path, method: str, model: torch.nn.Module) -
             io.save_tensors(tmp / "model.safetensors", tensors)
 
     ckpt.write_dir_atomically(directory, write)
-
-
-# -- run directory policy ------------------------------------------------------------------------
-def _config_diff(saved: dict[str, Any], current: dict[str, Any]) -> str:
-    def lines(d: dict[str, Any]) -> list[str]:
-        d = {k: v for k, v in d.items() if k != "output"}
-        return yaml.safe_dump(d, sort_keys=True).splitlines()
-
-    return "\n".join(
-        difflib.unified_diff(lines(saved), lines(current), "saved config.yaml", "this config", lineterm="")
-    )
-
-
-def prepare_run_dir(
-    run_dir: Path, resolved: dict[str, Any], resume: bool, overwrite: bool, say
-) -> dict | None:
-    """Apply the refuse/overwrite/resume rules; return the saved state when resuming."""
-    state = ckpt.read_state(run_dir / "state") if (run_dir / "state").is_dir() else None
-    if resume:
-        if state is None:
-            raise CheckpointError(
-                f"nothing to resume in {run_dir}: no state/state.json (start it without --resume)"
-            )
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        diff = _config_diff(saved, resolved)
-        if diff:
-            raise ConfigError(
-                "config",
-                str(run_dir / "config.yaml"),
-                f"the same config as the run being resumed; differences:\n{diff}",
-            )
-        return state
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            what = (
-                "a finished run"
-                if state and state.get("finished")
-                else "an unfinished run (continue it with --resume)"
-                if state
-                else "files that are not a rankwise run"
-            )
-            raise ConfigError(
-                "output.dir",
-                str(run_dir),
-                f"an empty or new directory: it holds {what}; pass --overwrite to replace it "
-                "(the old one is moved aside, not deleted)",
-            )
-        backup = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        shutil.move(str(run_dir), str(backup))
-        say(f"overwrite: moved the previous contents of {run_dir} to {backup}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return None
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -400,21 +346,6 @@ def _finish(run: _Run, tasks: list[Task]) -> RunResult:
         },
     )
     return RunResult(matrix, metrics, run.run_dir, [t.name for t in tasks])
-
-
-def load_result(run_dir: str | Path) -> RunResult:
-    """Read a finished run's accuracy matrix and metrics back from disk."""
-    run_dir = Path(run_dir)
-    data = io.read_json(run_dir / "accuracy_matrix.json")
-    metrics = io.read_json(run_dir / "metrics.json")
-    return RunResult(np.asarray(data["matrix"], dtype=np.float64), metrics, run_dir, list(data["tasks"]))
-
-
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise RankwiseError(f"{run_dir} is not a rankwise run directory (no config.yaml)")
-    return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
 def evaluate_run(

@@ -61,7 +61,14 @@ class MoRAMConfig(AdapterConfig):
 
 
 class MoRAMLinear(AdapterLayer):
-    """Base linear plus a bank of rank-1 atoms routed by their own normalised key responses."""
+    """Base linear plus a bank of rank-1 atoms routed by their own normalised key responses.
+
+    The frozen bank is kept as ``bank_A`` (R, d_in) and ``bank_BT`` (R, d_out), both contiguous, so a
+    forward never re-concatenates or transposes it; ``bank_B`` is the (d_out, R) view of ``bank_BT``.
+    Only k of the R atoms carry weight, so the value side sums k rows of ``bank_BT`` per token
+    (``embedding_bag`` with per-token weights, N k d_out multiply-adds instead of N R d_out); when the
+    budget covers the whole bank (k = R) it is one dense matmul. The outputs equal the dense formula.
+    """
 
     def __init__(self, base_layer: nn.Linear, config: MoRAMConfig) -> None:
         super().__init__(base_layer, config)
@@ -70,7 +77,7 @@ class MoRAMLinear(AdapterLayer):
         self.delta_threshold = float(config.delta)
         like = self._factor_like()
         self.register_buffer("bank_A", like.new_zeros(0, self.in_features), persistent=False)
-        self.register_buffer("bank_B", like.new_zeros(self.out_features, 0), persistent=False)
+        self.register_buffer("bank_BT", like.new_zeros(0, self.out_features), persistent=False)
         self.lora_A: nn.Parameter | None = None
         self.lora_B: nn.Parameter | None = None
         self.task_sizes: list[int] = []
@@ -79,6 +86,15 @@ class MoRAMLinear(AdapterLayer):
             "atom_hits", torch.zeros(0, dtype=torch.float64, device=like.device), persistent=False
         )
         self.tokens_seen = 0
+
+    @property
+    def bank_B(self) -> torch.Tensor:
+        """Frozen values as (d_out, R) (a transposed view of the contiguous ``bank_BT``)."""
+        return self.bank_BT.t()
+
+    @bank_B.setter
+    def bank_B(self, value: torch.Tensor) -> None:
+        self.bank_BT = value.t().contiguous()
 
     @property
     def num_atoms(self) -> int:
@@ -97,7 +113,7 @@ class MoRAMLinear(AdapterLayer):
         return A, B
 
     def routing_weights(self, scores: torch.Tensor) -> torch.Tensor:
-        """w over all atoms (zeros outside the top-k), pruned below delta at inference."""
+        """w over all atoms (zeros outside the top-k), pruned below delta at inference (dense form)."""
         k = min(self.budget, scores.shape[-1])
         top_scores, top_index = scores.topk(k, dim=-1)
         top_weights = torch.softmax(top_scores / self.tau, dim=-1)
@@ -105,13 +121,54 @@ class MoRAMLinear(AdapterLayer):
             top_weights = top_weights * (top_scores >= self.delta_threshold)
         return torch.zeros_like(scores).scatter(-1, top_index, top_weights)
 
+    # -- forward -------------------------------------------------------------------------------
+    def _key_responses(self, x: torch.Tensor) -> torch.Tensor:
+        """p = A_all x as (N, R). With a live task the bank and the new atoms are two matmuls, so the
+        backward computes the weight gradient of the r trainable rows only, not of all R."""
+        if self.lora_A is None:
+            return F.linear(x, self.bank_A)
+        p_new = F.linear(x, self.lora_A)
+        if not self.bank_A.shape[0]:
+            return p_new
+        return torch.cat([F.linear(x, self.bank_A), p_new], dim=-1)
+
+    def _values_by_atom(self) -> torch.Tensor:
+        """B_all^T as (R, d_out), contiguous: the bank itself, or bank + scaled live values."""
+        if self.lora_B is None:
+            return self.bank_BT
+        new = (self.lora_B * self.scaling if self.scaling != 1.0 else self.lora_B).t()
+        if not self.bank_BT.shape[0]:
+            return new
+        return torch.cat([self.bank_BT, new])
+
+    def _weights(self, p: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+        s = p / norm  # = F.normalize(p) on these entries (same ops, same rounding)
+        w = torch.softmax(s / self.tau, dim=-1)
+        if not self.training:
+            w = w * (s >= self.delta_threshold)
+        return w
+
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        A, B = self.atoms()
-        p = F.linear(self.dropout(x).to(A.dtype), A)
-        w = self.routing_weights(F.normalize(p, dim=-1, eps=1e-12))
-        if self.track_activations and not self.training:
-            self._count(w)
-        return F.linear(p * w, B)
+        dtype = (self.bank_A if self.lora_A is None else self.lora_A).dtype
+        lead = x.shape[:-1]
+        flat = self.dropout(x).to(dtype).reshape(-1, self.in_features)
+        p = self._key_responses(flat)
+        num_atoms = p.shape[-1]
+        k = min(self.budget, num_atoms)
+        norm = torch.linalg.vector_norm(p, dim=-1, keepdim=True).clamp_min(1e-12)
+        values = self._values_by_atom()
+        if k == num_atoms:  # the budget covers every atom: one dense matmul is cheapest
+            w = self._weights(p, norm)
+            if self.track_activations and not self.training:
+                self._count(w)
+            out = F.linear(p * w, values.t())
+        else:  # only k atoms per token carry weight: sum k rows of values
+            top_p, index = p.topk(k, dim=-1)
+            w = self._weights(top_p, norm)
+            if self.track_activations and not self.training:
+                self._count(torch.zeros_like(p).scatter_(-1, index, w))
+            out = F.embedding_bag(index, values, per_sample_weights=top_p * w, mode="sum")
+        return out.reshape(*lead, self.out_features)
 
     @torch.no_grad()
     def _count(self, w: torch.Tensor) -> None:
@@ -139,15 +196,16 @@ class MoRAMLinear(AdapterLayer):
         """Freeze this task's atoms into the bank (values stored scaled). Fresh atoms come at begin_task,
         so that zero-valued untrained atoms never compete for the top-k budget at evaluation."""
         super().end_task()
-        A, B = self.atoms()
-        self.bank_A, self.bank_B = A.detach().clone(), B.detach().clone()
+        A = self.atoms()[0]
+        self.bank_A = A.detach().clone(memory_format=torch.contiguous_format)
+        self.bank_BT = self._values_by_atom().detach().clone(memory_format=torch.contiguous_format)
         self.task_sizes.append(self.lora_A.shape[0])
         self.lora_A = self.lora_B = None
 
     def adapter_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         meta, tensors = super().adapter_state()
         meta["task_sizes"] = list(self.task_sizes)
-        tensors.update(bank_A=self.bank_A, bank_B=self.bank_B)
+        tensors.update(bank_A=self.bank_A, bank_B=self.bank_B.contiguous())
         if self.lora_A is not None:
             tensors.update(lora_A=self.lora_A, lora_B=self.lora_B)
         return meta, tensors

@@ -1,0 +1,150 @@
+"""Run config: YAML loading, --set overrides, and errors that name the key path and valid choices."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rankwise.config import RunConfig, apply_override, config_from_dict, load_config
+from rankwise.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def base() -> dict:
+    return {
+        "name": "t",
+        "method": {"name": "codyra", "r": 4},
+        "backbone": {"name": "toy"},
+        "scenario": {"name": "synthetic"},
+    }
+
+
+def with_(path: str, value) -> dict:
+    data = base()
+    apply_override(
+        data, f"{path}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+    )
+    return data
+
+
+def test_defaults_are_filled_and_resolved_dict_round_trips():
+    cfg = config_from_dict(base())
+    assert isinstance(cfg, RunConfig)
+    assert cfg.train.optimizer == "adamw" and cfg.train.iterations == 500 and cfg.eval.batch_size == 128
+    assert cfg.backbone.config.dim == 32 and cfg.scenario.config.num_tasks == 3
+    resolved = cfg.to_dict()
+    assert resolved["backbone"]["vocab_size"] == 64  # default written out
+    again = config_from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert again.to_dict() == resolved
+
+
+def test_overrides_are_yaml_parsed_and_applied_in_order(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    cfg = load_config(
+        path,
+        [
+            "train.lr=1e-4",
+            "train.grad_clip=null",
+            "train.grad_clip=1.5",
+            "train.bf16=true",
+            "train.betas=[0.9, 0.95]",
+            "scenario.num_tasks=5",
+            "method.r=2",
+        ],
+    )
+    assert cfg.train.lr == pytest.approx(1e-4)  # "1e-4" is a string to YAML 1.1; coerced to float
+    assert cfg.train.grad_clip == 1.5 and cfg.train.bf16 is True and cfg.train.betas == [0.9, 0.95]
+    assert cfg.scenario.config.num_tasks == 5 and cfg.method.options["r"] == 2
+
+
+@pytest.mark.parametrize(
+    "path,value,field,expect",
+    [
+        ("train.lr", -1.0, "train.lr", "positive"),
+        ("train.lr", "fast", "train.lr", "a number"),
+        ("train.iterations", 2.5, "train.iterations", "an integer"),
+        ("train.iterations", 0, "train.iterations", ">= 1"),
+        ("train.optimizer", "sgd", "train.optimizer", "'adamw', 'adam'"),
+        ("train.schedule", "linear", "train.schedule", "'cosine', 'constant'"),
+        ("train.bf16", "yes please", "train.bf16", "true or false"),
+        ("train.betas", [0.9], "train.betas", "two numbers"),
+        ("train.warmup_iterations", 600, "train.warmup_iterations", "[0, train.iterations=500)"),
+        ("train.lerning_rate", 1.0, "train.lerning_rate", "'lr'"),
+        ("eval.batch_size", 0, "eval.batch_size", ">= 1"),
+        ("backbone.width", 3, "backbone.width", "'dim'"),
+        ("backbone.heads", 5, "backbone.heads", "divisor of dim=32"),
+        ("scenario.noise", 2.0, "scenario.noise", "[0, 1]"),
+        ("scenario.num_task", 2, "scenario.num_task", "'num_tasks'"),
+        ("method.r", 0, "method.r", ">= 1"),
+        ("method.rank", 4, "method.rank", "lora_alpha"),
+        ("method.prox", "hard", "method.prox", "soft"),
+        ("method.preset", "gpt", "method.preset", "toy"),
+        ("device", "tpu", "device", "'cpu'"),
+        ("seed", "zero", "seed", "an integer"),
+        ("output.dir", 3, "output.dir", "a string"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_valid(path, value, field, expect):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(with_(path, value))
+    assert info.value.field == field
+    assert expect in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "section,name,choices",
+    [("method", "ewc", "'codyra'"), ("backbone", "resnet", "'toy'"), ("scenario", "cifar", "'synthetic'")],
+)
+def test_unknown_component_names_list_the_choices(section, name, choices):
+    data = base()
+    data[section] = {"name": name}
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    assert info.value.field == f"{section}.name" and choices in str(info.value)
+
+
+def test_missing_and_unknown_top_level_keys():
+    data = base()
+    del data["scenario"]
+    with pytest.raises(ConfigError, match="scenario"):
+        config_from_dict(data)
+    data = base() | {"trian": {}}
+    with pytest.raises(ConfigError, match="trian.*'train'"):
+        config_from_dict(data)
+
+
+def test_non_adapter_methods_take_no_options():
+    data = base()
+    data["method"] = {"name": "full", "r": 4}
+    with pytest.raises(ConfigError, match="method.r"):
+        config_from_dict(data)
+    data["method"] = {"name": "zero-shot"}
+    assert config_from_dict(data).method.name == "zero-shot"
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="an existing YAML file"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain: [unclosed\n")
+    with pytest.raises(ConfigError, match="valid YAML"):
+        load_config(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("override", ["train.lr", "=3", "train..lr=3", "name.x=1"])
+def test_malformed_overrides(override):
+    with pytest.raises(ConfigError):
+        apply_override(base(), override)
+
+
+def test_every_preset_in_configs_validates():
+    presets = sorted((REPO / "configs").glob("*.yaml"))
+    assert any(p.name == "toy_codyra.yaml" for p in presets)
+    for path in presets:
+        if path.name.startswith("toy_"):
+            load_config(path)

@@ -1,0 +1,121 @@
+"""The `rankwise` command: list, run -> eval -> report end to end, and one-line errors with exit code 2."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rankwise import cli
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = [
+    "--set",
+    "train.iterations=6",
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "scenario.train_per_class=8",
+    "--set",
+    "scenario.num_tasks=2",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def test_list_shows_methods_scenarios_backbones_and_presets(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("codyra", "moram", "zero-shot", "synthetic", "toy", "toy_codyra.yaml", "target presets"):
+        assert word in out
+
+
+def test_run_eval_report_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "runs" / "demo"
+    code = cli.main(
+        [
+            "run",
+            str(REPO / "configs" / "toy_codyra.yaml"),
+            *SMALL,
+            "--set",
+            f"output.dir={run_dir}",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert f"Last {metrics['last']:.2f}" in out
+    for name in (
+        "config.yaml",
+        "accuracy_matrix.csv",
+        "accuracy_matrix.json",
+        "events.jsonl",
+        "metrics.json",
+    ):
+        assert (run_dir / name).is_file()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["task_1_syn0", "task_2_syn1"]
+
+    assert cli.main(["eval", str(run_dir), "--tasks", "syn1", "--quiet"]) == 0
+    out = capsys.readouterr().out.split()
+    last_row = json.loads((run_dir / "accuracy_matrix.json").read_text())["matrix"][-1]
+    assert out == ["syn1", f"{last_row[1]:.2f}"]
+
+    assert cli.main(["report", str(run_dir)]) == 0
+    written = capsys.readouterr().out.split()
+    assert str(run_dir / "report" / "report.md") in written
+    assert (run_dir / "report" / "toy_codyra_ranks.png").is_file()
+
+    # the same command again refuses: the run is finished
+    assert (
+        cli.main(
+            [
+                "run",
+                str(REPO / "configs" / "toy_codyra.yaml"),
+                *SMALL,
+                "--set",
+                f"output.dir={run_dir}",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "finished run" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["run", "missing.yaml"], "an existing YAML file"),
+        (["run", str(REPO / "configs" / "toy_codyra.yaml"), "--set", "train.lr=-1"], "train.lr=-1"),
+        (["run", str(REPO / "configs" / "toy_codyra.yaml"), "--set", "method.name=ewc"], "method.name='ewc'"),
+        (["run", str(REPO / "configs" / "toy_codyra.yaml"), "--set", "backbone.name=bert"], "'toy'"),
+        (["eval", "not_a_run_dir"], "not a rankwise run directory"),
+        (["report", "not_a_run_dir"], "not a rankwise run directory"),
+        (["data", "check", "--scenario", "mtil", "--root", "no/such/folder"], "--root"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_2(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_with_changed_config_prints_the_diff(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    config = str(REPO / "configs" / "toy_codyra.yaml")
+    assert cli.main(["run", config, *SMALL, "--set", f"output.dir={run_dir}", "--quiet"]) == 0
+    capsys.readouterr()
+    assert (
+        cli.main(["run", config, *SMALL, "--set", "train.lr=0.1", "--resume", str(run_dir), "--quiet"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "+  lr: 0.1" in err and "-  lr: 0.005" in err and "Traceback" not in err

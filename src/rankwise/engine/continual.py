@@ -58,34 +58,45 @@ def checkpoint_dir(run_dir: Path, index: int, task: Task) -> Path:
     return run_dir / "checkpoints" / f"task_{index + 1}_{task.name}"
 
 
-def build_parts(config: RunConfig, restore_from: Path | None = None) -> Parts:
-    """Seed, build tasks and backbone, and attach the method (restoring a task checkpoint if given)."""
+def build_base(config: RunConfig) -> Parts:
+    """Seed, build and validate the tasks, build the backbone; no method attached yet."""
     device = choose_device(config.device)
     seed_everything(config.seed)
     tasks = SCENARIOS[config.scenario.name].load_factory()(config.scenario.config, config.seed)
     validate_tasks(tasks)
     backbone = BACKBONES[config.backbone.name].load_factory()(config.backbone.config, device)
+    if config.method.name in ADAPTER_METHODS:
+        resolve_method(config.method, backbone.default_target_preset)
+    return Parts(tasks, backbone, backbone.model, device)
+
+
+def attach_method(parts: Parts, config: RunConfig, restore_from: Path | None = None) -> None:
+    """Inject the adapters (or restore them from a task checkpoint); for `full`, restore the weights."""
     method = config.method.name
-    model: torch.nn.Module = backbone.model
     if method in ADAPTER_METHODS:
         import rankwise
 
-        adapter_config = resolve_method(config.method, backbone.default_target_preset)
         if restore_from is not None:
             ckpt.verify_dir(restore_from)
-            model = rankwise.load_model(backbone.model, restore_from)
+            parts.model = rankwise.load_model(parts.backbone.model, restore_from)
         else:
-            model = rankwise.get_model(backbone.model, adapter_config)
+            parts.model = rankwise.get_model(parts.backbone.model, config.method.config)
     elif method == "full" and restore_from is not None:
         ckpt.verify_dir(restore_from)
-        state = io.load_tensors(restore_from / "model.safetensors", device=device)
-        missing = set(backbone.model.state_dict()) ^ set(state)
-        if missing:
+        state = io.load_tensors(restore_from / "model.safetensors", device=parts.device)
+        differ = set(parts.backbone.model.state_dict()) ^ set(state)
+        if differ:
             raise CheckpointError(
-                f"{restore_from} does not fit the model: keys differ, e.g. {sorted(missing)[:3]}"
+                f"{restore_from} does not fit the model: keys differ, e.g. {sorted(differ)[:3]}"
             )
-        backbone.model.load_state_dict(state)
-    return Parts(tasks, backbone, model, device)
+        parts.backbone.model.load_state_dict(state)
+
+
+def build_parts(config: RunConfig, restore_from: Path | None = None) -> Parts:
+    """`build_base` + `attach_method`: everything a config describes, ready to train or evaluate."""
+    parts = build_base(config)
+    attach_method(parts, config, restore_from)
+    return parts
 
 
 def save_task_checkpoint(directory: Path, method: str, model: torch.nn.Module) -> None:
@@ -175,8 +186,10 @@ def run_experiment(
     run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
     config.output.dir = str(run_dir)
     run = _Run(config, run_dir, quiet)
-    # validate + resolve the method against the backbone before touching the run directory
-    probe = build_parts(config)
+    # build + validate everything before touching the run directory (a resume restores later)
+    parts = build_base(config)
+    if not resume:
+        attach_method(parts, config)
     resolved = config.to_dict()
     state = prepare_run_dir(run_dir, resolved, resume, overwrite, run.say)
     if state is None:
@@ -184,7 +197,7 @@ def run_experiment(
     elif state.get("finished"):
         run.say(f"{run_dir} is already finished; nothing to resume")
         return load_result(run_dir)
-    tasks = probe.tasks
+    tasks = parts.tasks
     start_task, start_iter, structured = 0, 0, {}
     if state is not None:
         run.rows = [list(r) for r in state["rows"]]
@@ -196,11 +209,12 @@ def run_experiment(
         meta, structured = ckpt.load_snapshot(run_dir / "state" / state["snapshot"])
         structured["rng_meta"] = meta["rng"]
         restore = checkpoint_dir(run_dir, start_task - 1, tasks[start_task - 1]) if start_task > 0 else None
-        parts = build_parts(config, restore_from=restore) if restore is not None else probe
+        attach_method(parts, config, restore)
         set_rng_state(structured["rng_meta"], structured["rng"])
         run.say(f"resuming {run_dir} at task {start_task + 1}/{len(tasks)}, iteration {start_iter}")
     else:
-        parts = probe
+        if resume:  # stopped before its first commit: start from the beginning
+            attach_method(parts, config)
         run.rows = [_evaluate(run, parts, tasks, "zero-shot")]
         run.events.append({"event": "evaluation", "after": "zero-shot", "row": run.rows[0]})
         if config.method.name == "zero-shot":
@@ -358,15 +372,15 @@ def evaluate_run(
     config = load_run_config(run_dir)
     state = ckpt.read_state(run_dir / "state")
     done = 0 if state is None else len(state["rows"]) - 1
-    probe = build_parts(config)
-    names = [t.name for t in probe.tasks]
+    parts = build_base(config)
+    names = [t.name for t in parts.tasks]
     for name in task_names or []:
         if name not in names:
             raise ConfigError("--tasks", name, choices(names))
     restore = None
     if config.method.name != "zero-shot" and done > 0:
-        restore = checkpoint_dir(run_dir, done - 1, probe.tasks[done - 1])
-    parts = build_parts(config, restore_from=restore) if restore is not None else probe
+        restore = checkpoint_dir(run_dir, done - 1, parts.tasks[done - 1])
+    attach_method(parts, config, restore)
     chosen = [t for t in parts.tasks if not task_names or t.name in task_names]
     run = _Run(config, run_dir, quiet)
     return dict(zip([t.name for t in chosen], _evaluate(run, parts, chosen, "checkpoint")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -12,9 +13,9 @@ import time
 
 import numpy as np
 import pytest
-from toy_helpers import REPO, toy_config
+from toy_helpers import REPO, toy_config, toy_dict
 
-from rankwise.config import load_config
+from rankwise.config import config_from_dict, load_config
 from rankwise.engine import checkpoint as ckpt
 from rankwise.engine import continual
 from rankwise.engine.continual import run_experiment
@@ -155,3 +156,22 @@ def test_snapshot_files_are_pickle_free(reference):
     assert sorted(p.name for p in snap.iterdir()) == ["checksums.json", "meta.json", "tensors.safetensors"]
     assert not list(reference.run_dir.rglob("*.pt")) and not list(reference.run_dir.rglob("*.pkl"))
     assert continual.load_result(reference.run_dir).metrics["last"] == reference.metrics["last"]
+
+
+@pytest.mark.parametrize("method", ["moram", "full"])
+def test_crash_and_resume_is_exact_for_other_methods(tmp_path, monkeypatch, method):
+    data = toy_dict(method, iterations=9, checkpoint_every=4)
+    data["backbone"].update(dim=16, embed_dim=16)  # smaller still: only exactness matters here
+
+    def config():
+        return config_from_dict(copy.deepcopy(data))
+
+    reference = run_experiment(config(), tmp_path / "ref", quiet=True)
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _crash_on_call(patch, ckpt, "write_state", 6)  # task 2's iteration-8 snapshot: resumes at 4
+        with pytest.raises(Crash):
+            run_experiment(config(), run_dir, quiet=True)
+    assert ckpt.read_state(run_dir / "state")["iteration"] == 4
+    result = run_experiment(config(), run_dir, resume=True, quiet=True)
+    np.testing.assert_array_equal(result.accuracy_matrix, reference.accuracy_matrix)

@@ -143,3 +143,33 @@ def test_bfloat16_fast_path_matches_dense_formula_in_bfloat16(live):
     if live:
         assert all(torch.isfinite(p.grad.float()).all() for p in (layer.lora_A, layer.lora_B))
         assert layer.lora_B.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["lora", "codyra"])
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4)])
+def test_fused_low_rank_forward_matches_formula_with_gradients(method, shape):
+    """LoRA / CoDyRA add B h inside one addmm; outputs and gradients equal W x + b + s B (g * A x)."""
+    from rankwise import CoDyRAConfig, LoRAConfig
+    from rankwise.adapters import CoDyRALinear, LoRALinear
+
+    torch.manual_seed(0)
+    base = nn.Linear(16, 24).double()
+    cls, cfg = (LoRALinear, LoRAConfig) if method == "lora" else (CoDyRALinear, CoDyRAConfig)
+    layer = cls(base, cfg(r=4, lora_alpha=12.0, target_modules=["x"]))  # scaling 3
+    layer.begin_task()
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn_like(layer.lora_B))
+    params = {
+        n: p.detach().clone().requires_grad_(True) for n, p in layer.named_parameters() if p.requires_grad
+    }
+    gate = params.get("gate", torch.ones(4, dtype=torch.float64))
+    x = torch.randn(*shape, 16, dtype=torch.float64)
+    expected = base(x) + 3.0 * ((x @ params["lora_A"].T) * gate) @ params["lora_B"].T
+    out = layer(x)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    expected.backward(grad_out)
+    for name, p in layer.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, params[name].grad, rtol=1e-12, atol=1e-12)

@@ -128,13 +128,22 @@ class AdapterLayer(nn.Module):
         out = self.base_layer(x)
         if not self.has_delta():
             return out
-        return out + self.delta(x).to(out.dtype)
+        h = self.low_rank_input(x)
+        if h is None or h.dtype != out.dtype:
+            return out + self.delta(x).to(out.dtype)
+        # delta = h B^T added inside the matmul (one pass over the output instead of three)
+        flat = torch.addmm(out.reshape(-1, self.out_features), h.reshape(-1, h.shape[-1]), self.lora_B.t())
+        return flat.view(out.shape)
 
     def has_delta(self) -> bool:
         return self.task_active
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def low_rank_input(self, x: torch.Tensor) -> torch.Tensor | None:
+        """For a factorised delta = h lora_B^T: h (..., r) with every scale folded in; else None."""
+        return None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def begin_task(self) -> None:

@@ -110,9 +110,12 @@ class CoDyRALinear(AdapterLayer):
         self.gate: nn.Parameter | None = None
         self.merged_ranks: list[int] = []
 
+    def low_rank_input(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.gate * self.scaling if self.scaling != 1.0 else self.gate  # (r,): scale the small side
+        return F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A) * gate
+
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A) * self.gate
-        return F.linear(h, self.lora_B) * self.scaling
+        return F.linear(self.low_rank_input(x), self.lora_B)
 
     def begin_task(self) -> None:
         super().begin_task()

@@ -48,9 +48,12 @@ class LoRALinear(AdapterLayer):
     def has_delta(self) -> bool:
         return self.lora_A is not None
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
+    def low_rank_input(self, x: torch.Tensor) -> torch.Tensor:
         h = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)
-        return F.linear(h, self.lora_B) * self.scaling
+        return h * self.scaling if self.scaling != 1.0 else h  # scale the r-wide side, not the output
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.low_rank_input(x), self.lora_B)
 
     def begin_task(self) -> None:
         super().begin_task()

@@ -60,6 +60,50 @@ class MoRAMConfig(AdapterConfig):
         return max(self.r if self.top_k is None else self.top_k, 2)
 
 
+def _coef_grad(grad: torch.Tensor, values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """d out / d coef[n, j] = <grad[n], values[index[n, j]]>, without materialising values[index]."""
+    n, k = index.shape
+    try:
+        offsets = torch.arange(0, n * k, k, device=index.device)
+        offset2bag = torch.arange(n, device=index.device).repeat_interleave(k)
+        flat = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+            grad, values, index.reshape(-1), offsets, offset2bag, 0
+        )
+        return flat.view(n, k)
+    except (AttributeError, RuntimeError):  # pragma: no cover - private op missing: dense fallback
+        return (grad @ values.t()).gather(1, index)
+
+
+class _TopKValues(torch.autograd.Function):
+    """out[n] = sum_j coef[n, j] * values[index[n, j]], values = [bank_BT; live_BT] (R, d_out).
+
+    The backward returns the gradient of the r live rows only (one (r, N) x (N, d_out) matmul), not
+    of all R rows as embedding_bag's own backward does, and never differentiates the frozen bank.
+    """
+
+    @staticmethod
+    def forward(ctx, index, coef, bank_BT, live_BT):  # type: ignore[override]
+        if live_BT is None:
+            values = bank_BT
+        else:
+            values = torch.cat([bank_BT, live_BT]) if bank_BT.shape[0] else live_BT.contiguous()
+        ctx.save_for_backward(index, coef, values)
+        ctx.bank = bank_BT.shape[0]
+        return F.embedding_bag(index, values, per_sample_weights=coef, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        index, coef, values = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_coef = _coef_grad(grad, values, index) if ctx.needs_input_grad[1] else None
+        grad_live = None
+        if ctx.needs_input_grad[3]:
+            dense = torch.zeros(index.shape[0], values.shape[0], dtype=coef.dtype, device=coef.device)
+            live = dense.scatter_(1, index, coef)[:, ctx.bank :]
+            grad_live = live.t() @ grad
+        return None, grad_coef, None, grad_live
+
+
 class MoRAMLinear(AdapterLayer):
     """Base linear plus a bank of rank-1 atoms routed by their own normalised key responses.
 
@@ -132,11 +176,15 @@ class MoRAMLinear(AdapterLayer):
             return p_new
         return torch.cat([F.linear(x, self.bank_A), p_new], dim=-1)
 
+    def _live_values(self) -> torch.Tensor:
+        """The live task's values, scaled, as an (r, d_out) view."""
+        return (self.lora_B * self.scaling if self.scaling != 1.0 else self.lora_B).t()
+
     def _values_by_atom(self) -> torch.Tensor:
-        """B_all^T as (R, d_out), contiguous: the bank itself, or bank + scaled live values."""
+        """B_all^T as (R, d_out): the bank itself, or bank + scaled live values."""
         if self.lora_B is None:
             return self.bank_BT
-        new = (self.lora_B * self.scaling if self.scaling != 1.0 else self.lora_B).t()
+        new = self._live_values()
         if not self.bank_BT.shape[0]:
             return new
         return torch.cat([self.bank_BT, new])
@@ -156,18 +204,18 @@ class MoRAMLinear(AdapterLayer):
         num_atoms = p.shape[-1]
         k = min(self.budget, num_atoms)
         norm = torch.linalg.vector_norm(p, dim=-1, keepdim=True).clamp_min(1e-12)
-        values = self._values_by_atom()
         if k == num_atoms:  # the budget covers every atom: one dense matmul is cheapest
             w = self._weights(p, norm)
             if self.track_activations and not self.training:
                 self._count(w)
-            out = F.linear(p * w, values.t())
+            out = F.linear(p * w, self._values_by_atom().t())
         else:  # only k atoms per token carry weight: sum k rows of values
             top_p, index = p.topk(k, dim=-1)
             w = self._weights(top_p, norm)
             if self.track_activations and not self.training:
                 self._count(torch.zeros_like(p).scatter_(-1, index, w))
-            out = F.embedding_bag(index, values, per_sample_weights=top_p * w, mode="sum")
+            live = None if self.lora_B is None else self._live_values()
+            out = _TopKValues.apply(index, top_p * w, self.bank_BT, live)
         return out.reshape(*lead, self.out_features)
 
     @torch.no_grad()

@@ -1,10 +1,11 @@
 """The run config: typed sections, YAML in and out, ``--set a.b=value`` overrides, clear errors.
 
-A run config has ``name``, ``seed``, ``device`` and the sections ``method`` (``name`` plus fields of
+A run config has ``name``, ``seed``, ``device``, ``threads`` and the sections ``method`` (``name`` plus fields of
 the adapter config), ``backbone`` and ``scenario`` (``name`` plus fields of the registry entry's
 config dataclass), ``train``, ``eval`` and ``output``. Every key is checked: an unknown key, a
 wrong type or an impossible value raises `ConfigError` naming the key path (``train.lr``) and
-what would be valid. `RunConfig.to_dict` gives the fully resolved config (every default filled in).
+what would be valid. ``data`` is an alias of ``scenario`` (``--set data.root=DIR`` sets
+``scenario.root``). `RunConfig.to_dict` gives the fully resolved config (every default filled in).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class RunConfig:
     scenario: Component
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -126,9 +128,10 @@ class RunConfig:
             "name": self.name,
             "seed": self.seed,
             "device": self.device,
-            "method": self.method.resolved(),
-            "backbone": self.backbone.resolved(),
-            "scenario": self.scenario.resolved(),
+            "threads": self.threads,
+            "method": _plain(self.method.resolved()),
+            "backbone": _plain(self.backbone.resolved()),
+            "scenario": _plain(self.scenario.resolved()),
             "train": dataclasses.asdict(self.train),
             "eval": dataclasses.asdict(self.eval),
             "output": dataclasses.asdict(self.output),
@@ -143,14 +146,25 @@ class RunConfig:
 
 # -- typed construction of dataclasses from plain data -------------------------------------------
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return choices(typing.get_args(tp))
+    if typing.get_origin(tp) is not None:
+        return str(tp).replace("typing.", "")
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check `value` against the annotation `tp`; convert where YAML is ambiguous (1e-4 is a string)."""
+    """Check `value` against the annotation `tp`; convert where YAML is ambiguous (1e-4 is a string).
+
+    Handles ``Any``, ``bool``/``int``/``float``/``str``, ``Literal[...]``, ``X | None`` /
+    ``Optional`` / ``Union`` (first alternative that fits), ``list[T]``, ``tuple[T, ...]``,
+    ``tuple[A, B]``, ``dict[K, V]`` (bare ``list`` / ``tuple`` / ``dict`` too) and plain classes.
+    """
+    if tp is Any or tp is object:
+        return value
     origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
         errors = []
@@ -158,15 +172,50 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             try:
                 return _coerce(value, arg, path)
             except ConfigError as exc:
+                if exc.field != path:  # the value fits this alternative's shape; an item is wrong
+                    raise
                 errors.append(exc.expected)
         raise ConfigError(path, value, " or ".join(errors + (["null"] if type(None) in args else [])))
-    if origin in (list, tuple):
+    if origin is typing.Literal:
+        for allowed in args:
+            if value == allowed and type(value) is type(allowed):
+                return allowed
+        raise ConfigError(path, value, choices(args))
+    if tp in (list, tuple, dict, set):
+        origin, args = tp, ()
+    if origin in (list, set):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(path, value, f"a list ({_type_name(tp)})")
-        (item,) = typing.get_args(tp)[:1] or (Any,)
+        item = args[0] if args else Any
         return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if tp is Any:
-        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, value, f"a list ({_type_name(tp)})")
+        if not args or (len(args) == 2 and args[1] is Ellipsis):
+            item = args[0] if args else Any
+            return tuple(_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value))
+        if args == ((),):  # tuple[()]
+            args = ()
+        if len(value) != len(args):
+            raise ConfigError(path, value, f"a list of exactly {len(args)} items ({_type_name(tp)})")
+        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or (origin is not None and isinstance(origin, type) and issubclass(origin, dict)):
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, f"a mapping ({_type_name(tp)})")
+        key_tp, value_tp = args if len(args) == 2 else (Any, Any)
+        out = {}
+        for k, v in value.items():
+            key = _coerce(k, key_tp, f"{path} key {k!r}")
+            out[key] = _coerce(v, value_tp, f"{path}.{k}")
+        return out
+    if origin is not None:  # another generic (e.g. collections.abc.Sequence[int]): check the outer type
+        if isinstance(origin, type) and isinstance(value, origin):
+            return value
+        raise ConfigError(path, value, _type_name(tp))
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(path, value, "null")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -188,9 +237,20 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(path, value, "a string")
-    if isinstance(value, tp):
-        return value
-    raise ConfigError(path, value, _type_name(tp))
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise ConfigError(path, value, _type_name(tp))
+    raise ConfigError(path, value, f"a value of a type the config reader cannot check ({tp!r})")
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples -> lists, recursively, so that the resolved config is YAML-safe."""
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
 
 
 def build_dataclass(cls: type, data: Any, path: str) -> Any:
@@ -276,13 +336,62 @@ def resolve_method(component: Component, default_preset: str) -> Any:
     return component.config
 
 
-TOP_LEVEL = ("name", "seed", "device", "method", "backbone", "scenario", "train", "eval", "output")
+TOP_LEVEL = ("name", "seed", "device", "threads", "method", "backbone", "scenario", "train", "eval", "output")
+#: ``data`` is an alias of the ``scenario`` section (``data.root`` = ``scenario.root``), in YAML and ``--set``
+ALIASES = {"data": "scenario"}
+
+
+def _scenario_fields(data: dict[str, Any]) -> list[str] | None:
+    """Option names of the scenario named in `data` (None when the name is missing or unknown)."""
+    section = data.get("scenario")
+    name = section.get("name") if isinstance(section, dict) else None
+    if not isinstance(name, str) or name not in registry.SCENARIOS:
+        return None
+    try:
+        cls = registry.SCENARIOS[name].load_config_class()
+    except ImportError:
+        return None
+    return [f.name for f in dataclasses.fields(cls) if f.init]
+
+
+def _check_alias_key(data: dict[str, Any], key: str, value: Any) -> None:
+    fields_ = _scenario_fields(data)
+    if key != "name" and fields_ is not None and key not in fields_:
+        raise ConfigError(
+            f"data.{key}",
+            value,
+            f"a field of scenario {data['scenario']['name']!r} (data.* = scenario.*): {choices(fields_)}",
+        )
+
+
+def fold_aliases(data: dict[str, Any]) -> dict[str, Any]:
+    """Merge a top-level ``data:`` section into ``scenario:`` (same key in both with different values: error)."""
+    if "data" not in data:
+        return data
+    alias = data["data"]
+    if not isinstance(alias, dict):
+        raise ConfigError("data", alias, "a mapping of scenario fields (an alias of the scenario section)")
+    data = dict(data)
+    del data["data"]
+    scenario = data.get("scenario")
+    scenario = dict(scenario) if isinstance(scenario, dict) else {}
+    for key, value in alias.items():
+        if key in scenario and scenario[key] != value:
+            raise ConfigError(
+                f"data.{key}", value, f"the same value as scenario.{key}={scenario[key]!r} (both are set)"
+            )
+        scenario[key] = value
+    data["scenario"] = scenario
+    for key, value in alias.items():
+        _check_alias_key(data, key, value)
+    return data
 
 
 def config_from_dict(data: Any) -> RunConfig:
     """Validate plain data (parsed YAML) into a RunConfig."""
     if not isinstance(data, dict):
         raise ConfigError("config", type(data).__name__, "a YAML mapping with keys " + choices(TOP_LEVEL))
+    data = fold_aliases(data)
     for key in data:
         if key not in TOP_LEVEL:
             raise ConfigError(key, data[key], f"a known top-level key: {choices(TOP_LEVEL)}")
@@ -296,10 +405,14 @@ def config_from_dict(data: Any) -> RunConfig:
     device = _coerce(data.get("device", "auto"), str, "device")
     if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
         raise ConfigError("device", device, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
+    threads = _coerce(data.get("threads"), int | None, "threads")
+    if threads is not None and threads < 1:
+        raise ConfigError("threads", threads, "a positive integer or null (torch's default)")
     return RunConfig(
         name=name,
         seed=seed,
         device=device,
+        threads=threads,
         method=_component("method", data["method"], None),
         backbone=_component("backbone", data["backbone"], registry.BACKBONES),
         scenario=_component("scenario", data["scenario"], registry.SCENARIOS),
@@ -321,6 +434,10 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(key, raw, f"a YAML value ({exc.__class__.__name__})") from exc
+    if parts[0] in ALIASES and len(parts) > 1:
+        if len(parts) == 2:
+            _check_alias_key(data, parts[1], value)
+        parts[0] = ALIASES[parts[0]]
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
@@ -347,7 +464,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config, apply ``--set`` overrides in order, validate everything."""
-    data = read_yaml(path)
+    data = fold_aliases(read_yaml(path))
     for override in overrides or []:
         apply_override(data, override)
     return config_from_dict(data)

@@ -8,6 +8,9 @@ With ``resume=True`` the loop restarts from the last commit: the model is rebuil
 finished task's checkpoint, the current task's trainable tensors, optimizer, scheduler and RNG
 states come from the latest snapshot, and the data order is regenerated from (seed, task), so the
 accuracy matrix equals that of an uninterrupted run.
+
+Under torchrun / ``accelerate launch`` the same loop runs in every process (distributed.py): data
+and evaluation are sharded, gradients averaged, and only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
@@ -23,11 +26,19 @@ import yaml
 from rankwise import io
 from rankwise.config import ADAPTER_METHODS, RunConfig, resolve_method
 from rankwise.engine import checkpoint as ckpt
-from rankwise.engine.device import choose_device, rng_state, seed_everything, set_rng_state
+from rankwise.engine import distributed as ddp
+from rankwise.engine.device import (
+    apply_threads,
+    choose_device,
+    derived_seed,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from rankwise.engine.evaluate import evaluate_all, validate_tasks
-from rankwise.engine.rundir import load_result, load_run_config, prepare_run_dir
+from rankwise.engine.rundir import load_result, load_run_config, prepare_run_dir, tasks_record
 from rankwise.engine.trainer import NonFiniteLossError, StepLog, make_optimizer, make_scheduler, train_task
-from rankwise.errors import CheckpointError, ConfigError
+from rankwise.errors import CheckpointError, ConfigError, RankwiseError
 from rankwise.metrics import summarize
 from rankwise.registry import BACKBONES, SCENARIOS
 from rankwise.tasks import Task
@@ -51,6 +62,7 @@ class Parts:
     backbone: Any
     model: torch.nn.Module
     device: torch.device
+    dist: ddp.DistContext = ddp.SINGLE
 
 
 # -- building ---------------------------------------------------------------------------------------
@@ -59,15 +71,22 @@ def checkpoint_dir(run_dir: Path, index: int, task: Task) -> Path:
 
 
 def build_base(config: RunConfig) -> Parts:
-    """Seed, build and validate the tasks, build the backbone; no method attached yet."""
-    device = choose_device(config.device)
+    """Seed, build and validate the tasks, build the backbone; no method attached yet.
+
+    Applies ``config.threads`` and, under a multi-process launcher, joins the process group.
+    """
+    apply_threads(config.threads)
+    env = ddp.detect()
+    device = choose_device(config.device, env.local_rank if env.enabled else None)
+    dist = ddp.init_distributed(device)
+    ddp.check_batch(config.train.batch_size, dist)
     seed_everything(config.seed)
     tasks = SCENARIOS[config.scenario.name].load_factory()(config.scenario.config, config.seed)
     validate_tasks(tasks)
     backbone = BACKBONES[config.backbone.name].load_factory()(config.backbone.config, device)
     if config.method.name in ADAPTER_METHODS:
         resolve_method(config.method, backbone.default_target_preset)
-    return Parts(tasks, backbone, backbone.model, device)
+    return Parts(tasks, backbone, backbone.model, device, dist)
 
 
 def attach_method(parts: Parts, config: RunConfig, restore_from: Path | None = None) -> None:
@@ -117,8 +136,11 @@ def save_task_checkpoint(directory: Path, method: str, model: torch.nn.Module) -
 
 # -- the loop --------------------------------------------------------------------------------------
 class _Run:
-    def __init__(self, config: RunConfig, run_dir: Path, quiet: bool) -> None:
-        self.config, self.run_dir, self.quiet = config, run_dir, quiet
+    def __init__(
+        self, config: RunConfig, run_dir: Path, quiet: bool, dist: ddp.DistContext = ddp.SINGLE
+    ) -> None:
+        self.config, self.run_dir, self.dist = config, run_dir, dist
+        self.quiet = quiet or not dist.is_main  # one progress display: rank 0's
         self.state_dir = run_dir / "state"
         self.events: list[dict[str, Any]] = []
         self.rows: list[list[float]] = []
@@ -131,6 +153,8 @@ class _Run:
             tqdm.write(message)
 
     def write_results(self, tasks: list[Task]) -> None:
+        if not self.dist.is_main:
+            return
         names = [t.name for t in tasks]
         labels = ["zero-shot"] + [f"after {n}" for n in names[: len(self.rows) - 1]]
         io.write_json(
@@ -147,12 +171,23 @@ class _Run:
     def commit(
         self, tasks, task_index: int, iteration: int, structured: dict[str, Any], finished=False
     ) -> None:
-        """Snapshot, then atomically point state.json at it (the commit), then drop older snapshots."""
-        self.write_results(tasks)
-        meta, rng_tensors = rng_state()
+        """Snapshot, then atomically point state.json at it (the commit), then drop older snapshots.
+
+        Every rank calls it (each rank's RNG state is gathered); only rank 0 writes.
+        """
+        states = ddp.gather_objects(rng_state(), self.dist)
         self.snapshot_seq += 1
+        if not self.dist.is_main:
+            return
+        self.write_results(tasks)
         name = f"snap_{self.snapshot_seq:06d}"
-        ckpt.save_snapshot(self.state_dir / name, {"rng": meta}, {"rng": rng_tensors, **structured})
+        (meta, rng_tensors), others = states[0], states[1:]
+        extra = {f"rng_rank{r}": t for r, (_, t) in enumerate(others, start=1)}
+        ckpt.save_snapshot(
+            self.state_dir / name,
+            {"rng": meta, "rng_ranks": [m for m, _ in states]},
+            {"rng": rng_tensors, **extra, **structured},
+        )
         ckpt.write_state(
             self.state_dir,
             {
@@ -185,16 +220,15 @@ def run_experiment(
     """Run (or resume) the continual-learning experiment described by `config`; see module docstring."""
     run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
     config.output.dir = str(run_dir)
-    run = _Run(config, run_dir, quiet)
     # build + validate everything before touching the run directory (a resume restores later)
     parts = build_base(config)
+    dist = parts.dist
+    run = _Run(config, run_dir, quiet, dist)
     if not resume:
         attach_method(parts, config)
     resolved = config.to_dict()
-    state = prepare_run_dir(run_dir, resolved, resume, overwrite, run.say)
-    if state is None:
-        io.write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    elif state.get("finished"):
+    state = _prepare_on_rank0(run, parts, resolved, resume, overwrite)
+    if state is not None and state.get("finished"):
         run.say(f"{run_dir} is already finished; nothing to resume")
         return load_result(run_dir)
     tasks = parts.tasks
@@ -208,13 +242,17 @@ def run_experiment(
         start_task, start_iter = int(state["task_index"]), int(state["iteration"])
         meta, structured = ckpt.load_snapshot(run_dir / "state" / state["snapshot"])
         structured["rng_meta"] = meta["rng"]
+        structured["rng_ranks_meta"] = meta.get("rng_ranks")
         restore = checkpoint_dir(run_dir, start_task - 1, tasks[start_task - 1]) if start_task > 0 else None
         attach_method(parts, config, restore)
-        set_rng_state(structured["rng_meta"], structured["rng"])
+        _restore_rng(run, structured)
+        ddp.barrier(dist)  # every rank has read the state before rank 0 may write again
         run.say(f"resuming {run_dir} at task {start_task + 1}/{len(tasks)}, iteration {start_iter}")
     else:
         if resume:  # stopped before its first commit: start from the beginning
             attach_method(parts, config)
+        if dist.rank > 0:  # own dropout stream per rank; rank 0 keeps the one-process stream
+            seed_everything(derived_seed("rank", config.seed, dist.rank))
         run.rows = [_evaluate(run, parts, tasks, "zero-shot")]
         run.events.append({"event": "evaluation", "after": "zero-shot", "row": run.rows[0]})
         if config.method.name == "zero-shot":
@@ -234,9 +272,46 @@ def run_experiment(
     return _finish(run, tasks)
 
 
+def _prepare_on_rank0(
+    run: _Run, parts: Parts, resolved: dict[str, Any], resume: bool, overwrite: bool
+) -> dict[str, Any] | None:
+    """Rank 0 applies the run-dir rules and writes config.yaml / tasks.json; every rank gets the outcome."""
+    outcome: tuple[str, Any] | None = None
+    if run.dist.is_main:
+        try:
+            state = prepare_run_dir(run.run_dir, resolved, resume, overwrite, run.say)
+            if state is None:
+                io.write_text(run.run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+                io.write_json(run.run_dir / "tasks.json", tasks_record(parts.tasks))
+            outcome = ("ok", state)
+        except Exception as exc:
+            if not run.dist.enabled:
+                raise
+            ddp.broadcast_object(("error", f"{type(exc).__name__}: {exc}"), run.dist)
+            raise
+    outcome = ddp.broadcast_object(outcome, run.dist)
+    if outcome[0] == "error":
+        raise RankwiseError(f"rank 0 could not prepare {run.run_dir}: {outcome[1]}")
+    return outcome[1]
+
+
+def _restore_rng(run: _Run, structured: dict[str, Any]) -> None:
+    """Restore this rank's RNG state from a snapshot (a rank the snapshot lacks gets a derived seed)."""
+    rank = run.dist.rank
+    metas = structured.get("rng_ranks_meta")
+    if rank == 0:
+        set_rng_state(structured["rng_meta"], structured["rng"])
+    elif metas is not None and rank < len(metas) and f"rng_rank{rank}" in structured:
+        set_rng_state(metas[rank], structured[f"rng_rank{rank}"])
+    else:  # resumed with more processes than the run was saved with
+        seed_everything(derived_seed("rank", run.config.seed, rank, run.snapshot_seq))
+
+
 def _evaluate(run: _Run, parts: Parts, tasks: list[Task], label: str) -> list[float]:
     bar = run.progress(len(tasks), f"eval {label}")
-    row = evaluate_all(parts.backbone, tasks, run.config.eval.batch_size, progress=lambda name: bar.update(1))
+    row = evaluate_all(
+        parts.backbone, tasks, run.config.eval.batch_size, lambda name: bar.update(1), parts.dist
+    )
     bar.close()
     run.say(f"{label}: " + "  ".join(f"{t.name} {v:.1f}" for t, v in zip(tasks, row)))
     return row
@@ -256,6 +331,7 @@ def _run_task(run: _Run, parts: Parts, tasks: list[Task], index: int, start_iter
     if method in ADAPTER_METHODS:
         parts.model.begin_task(task.name)
     params = _trainable(parts, method)
+    ddp.broadcast_parameters(params.values(), parts.dist)  # same starting point on every rank
     optimizer = make_optimizer(list(params.values()), cfg)
     scheduler = make_scheduler(optimizer, cfg)
     if start_iter > 0:
@@ -266,7 +342,7 @@ def _run_task(run: _Run, parts: Parts, tasks: list[Task], index: int, start_iter
                 p.copy_(saved["params"][name])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        set_rng_state(saved["rng_meta"], saved["rng"])  # begin_task drew from the RNGs: rewind them
+        _restore_rng(run, saved)  # begin_task drew from the RNGs: rewind them
     after = parts.model.after_optimizer_step if method in ADAPTER_METHODS else None
     bar = run.progress(cfg.iterations, f"task {index + 1}/{len(tasks)} {task.name}", initial=start_iter)
     last_good = [start_iter]
@@ -314,6 +390,7 @@ def _run_task(run: _Run, parts: Parts, tasks: list[Task], index: int, start_iter
             after_step=after,
             on_step=on_step,
             device=parts.device,
+            dist=parts.dist,
         )
     except NonFiniteLossError as exc:
         bar.close()
@@ -326,10 +403,13 @@ def _run_task(run: _Run, parts: Parts, tasks: list[Task], index: int, start_iter
     report: list[dict[str, Any]] | None = None
     if method in ADAPTER_METHODS:
         parts.model.end_task()
-    save_task_checkpoint(checkpoint_dir(run.run_dir, index, task), method, parts.model)
+    ddp.check_in_sync(parts.model, parts.dist, f"after task {index + 1} ({task.name!r})")
+    if parts.dist.is_main:
+        save_task_checkpoint(checkpoint_dir(run.run_dir, index, task), method, parts.model)
     if method in ADAPTER_METHODS:
         with parts.model.track_activations():
             row = _evaluate(run, parts, tasks, f"after {task.name}")
+            ddp.reduce_activation_stats(parts.model, parts.dist)
         report = parts.model.rank_report()
     else:
         row = _evaluate(run, parts, tasks, f"after {task.name}")
@@ -350,6 +430,8 @@ def _run_task(run: _Run, parts: Parts, tasks: list[Task], index: int, start_iter
 def _finish(run: _Run, tasks: list[Task]) -> RunResult:
     matrix = np.asarray(run.rows, dtype=np.float64)
     metrics = summarize(matrix)
+    if not run.dist.is_main:
+        return RunResult(matrix, metrics, run.run_dir, [t.name for t in tasks])
     io.write_json(
         run.run_dir / "metrics.json",
         {
@@ -382,5 +464,5 @@ def evaluate_run(
         restore = checkpoint_dir(run_dir, done - 1, parts.tasks[done - 1])
     attach_method(parts, config, restore)
     chosen = [t for t in parts.tasks if not task_names or t.name in task_names]
-    run = _Run(config, run_dir, quiet)
+    run = _Run(config, run_dir, quiet, parts.dist)
     return dict(zip([t.name for t in chosen], _evaluate(run, parts, chosen, "checkpoint")))

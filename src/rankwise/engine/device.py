@@ -18,20 +18,50 @@ import torch
 from rankwise.errors import ConfigError
 
 
-def choose_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> cuda if available, else mps, else cpu; an explicit device must exist."""
+def choose_device(spec: str = "auto", local_rank: int | None = None) -> torch.device:
+    """``auto`` -> cuda if available, else mps, else cpu; an explicit device must exist.
+
+    Under a multi-process launcher (`local_rank` given), ``auto`` / ``cuda`` mean this process's
+    GPU, ``cuda:<local_rank>``, which also becomes the current CUDA device.
+    """
     if spec == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            spec = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
-        return torch.device("cpu")
+        else:
+            return torch.device("cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", spec, "'cpu' or 'auto' (no CUDA device is available)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device", spec, "'cpu' or 'auto' (MPS is not available)")
+    if device.type == "cuda" and local_rank is not None:
+        if device.index is None:
+            if local_rank >= torch.cuda.device_count():
+                raise ConfigError(
+                    "device",
+                    spec,
+                    f"'cpu', or at most {torch.cuda.device_count()} processes per node "
+                    f"(LOCAL_RANK={local_rank} has no GPU)",
+                )
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
     return device
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's intra-op thread count (``None`` keeps torch's default); the engine calls it once per run.
+
+    On a small or shared CPU machine the default (one thread per core) oversubscribes: tiny models
+    ran 20x slower per step with 2 threads than with 1 on a loaded 2-core machine. Under torchrun
+    every process gets its own pool, so use about cores / processes.
+    """
+    if threads is None:
+        return
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ConfigError("threads", threads, "a positive integer or null (torch's default)")
+    torch.set_num_threads(threads)
 
 
 def seed_everything(seed: int) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from rankwise.engine.distributed import SINGLE, DistContext, gather_objects, shard
 from rankwise.errors import ConfigError, DataError, choices
 from rankwise.scoring import SCORERS
 from rankwise.tasks import ClassificationExample, Task
@@ -40,25 +41,38 @@ def validate_tasks(tasks: Sequence[Task]) -> None:
 
 
 @torch.no_grad()
-def evaluate_task(backbone: Any, task: Task, batch_size: int) -> float:
-    """Score of the current model on `task.test`, in [0, 100]."""
+def evaluate_task(backbone: Any, task: Task, batch_size: int, dist: DistContext = SINGLE) -> float:
+    """Score of the current model on `task.test`, in [0, 100].
+
+    With several processes each rank predicts a contiguous slice of the test set; the slices'
+    predictions and targets are gathered in order and every rank scores the whole list.
+    """
     backbone.model.eval()
+    examples = shard(task.test, dist)
     predictions: list[Any] = []
     targets: list[Any] = []
-    for start in range(0, len(task.test), batch_size):
-        batch = backbone.collate(task.test[start : start + batch_size], task, False)
+    for start in range(0, len(examples), batch_size):
+        batch = backbone.collate(examples[start : start + batch_size], task, False)
         predictions.extend(backbone.predict(batch, task))
         targets.extend(backbone.targets(batch))
+    if dist.enabled:
+        parts = gather_objects((predictions, targets), dist)
+        predictions = [p for preds, _ in parts for p in preds]
+        targets = [t for _, targs in parts for t in targs]
     return float(SCORERS[task.metric](predictions, targets))
 
 
 def evaluate_all(
-    backbone: Any, tasks: Sequence[Task], batch_size: int, progress: Callable[[str], None] | None = None
+    backbone: Any,
+    tasks: Sequence[Task],
+    batch_size: int,
+    progress: Callable[[str], None] | None = None,
+    dist: DistContext = SINGLE,
 ) -> list[float]:
     """One row of the accuracy matrix: the score on every task, in stream order."""
     row = []
     for task in tasks:
-        row.append(evaluate_task(backbone, task, batch_size))
+        row.append(evaluate_task(backbone, task, batch_size, dist))
         if progress is not None:
             progress(task.name)
     return row

@@ -20,7 +20,8 @@ from rankwise.errors import CheckpointError, ConfigError, RankwiseError
 
 def _config_diff(saved: dict[str, Any], current: dict[str, Any]) -> str:
     def lines(d: dict[str, Any]) -> list[str]:
-        d = {k: v for k, v in d.items() if k != "output"}
+        # where the run lives and how many threads it uses do not change what it computes
+        d = {k: v for k, v in d.items() if k not in ("output", "threads")}
         return yaml.safe_dump(d, sort_keys=True).splitlines()
 
     return "\n".join(
@@ -88,3 +89,44 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise RankwiseError(f"{run_dir} is not a rankwise run directory (no config.yaml)")
     return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+def tasks_record(tasks: list[Any]) -> dict[str, Any]:
+    """What ``tasks.json`` records about each task: sizes, label space and the scenario's provenance.
+
+    ``info`` is the scenario's ``task.info`` (split convention, shots, split seed, source folder, ...),
+    so a run directory says which data it was trained and scored on.
+    """
+    return {
+        "version": 1,
+        "tasks": [
+            {
+                "index": i + 1,
+                "name": t.name,
+                "metric": t.metric,
+                "num_train": len(t.train),
+                "num_test": len(t.test),
+                "num_classes": None if t.class_names is None else len(t.class_names),
+                "num_eval_classes": None if t.eval_class_names is None else len(t.eval_class_names),
+                "label_offset": t.label_offset,
+                "num_templates": None if t.templates is None else len(t.templates),
+                "info": _jsonable(t.info),
+            }
+            for i, t in enumerate(tasks)
+        ],
+    }
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON data: paths and other objects become strings, tuples lists, numpy scalars numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)

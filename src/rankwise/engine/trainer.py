@@ -8,6 +8,10 @@ The learning rate at step ``it`` is ``lr * f(it - 1)`` with a linear warmup over
 ``warmup_iterations`` then cosine decay to 0 (or constant). Data order is a pure function of
 ``(seed, task index, micro-step)``: the example stream is a concatenation of per-epoch permutations
 drawn from private generators, so a resumed run regenerates exactly the batches it would have seen.
+
+Under several processes (see distributed.py) every rank draws the same global batch and trains on
+its contiguous shard; the loss is averaged over ranks (for logging and the NaN check, so every rank
+stops together) and the gradients are averaged before clipping and the optimizer step.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch import nn
 
 from rankwise.config import TrainConfig
 from rankwise.engine.device import data_generator
+from rankwise.engine.distributed import SINGLE, DistContext, average_gradients, mean_scalar, shard
 from rankwise.errors import RankwiseError
 from rankwise.tasks import Task
 
@@ -101,6 +106,7 @@ def train_task(
     after_step: Callable[[int, int], None] | None,
     on_step: Callable[[StepLog], None],
     device: torch.device,
+    dist: DistContext = SINGLE,
 ) -> None:
     """Run optimizer steps start_iteration+1 .. cfg.iterations of `task`.
 
@@ -116,17 +122,19 @@ def train_task(
         optimizer.zero_grad(set_to_none=True)
         total_loss = 0.0
         for micro in range(cfg.grad_accumulation):
-            idx = order.indices((it - 1) * cfg.grad_accumulation + micro)
+            idx = shard(order.indices((it - 1) * cfg.grad_accumulation + micro), dist)
             batch = backbone.collate([task.train[i] for i in idx], task, True)
             with autocast:
                 loss = backbone.loss(batch, task)
-            if not torch.isfinite(loss.detach()).all():
+            value = mean_scalar(float(loss.detach().float().sum()), dist, device)
+            if not math.isfinite(value):
                 raise NonFiniteLossError(
-                    f"training loss is {loss.item()} on task {task_index + 1} ({task.name!r}), "
+                    f"training loss is {value} on task {task_index + 1} ({task.name!r}), "
                     f"iteration {it}: stopped; try a lower train.lr or set train.grad_clip"
                 )
             (loss / cfg.grad_accumulation).backward()
-            total_loss += loss.item() / cfg.grad_accumulation
+            total_loss += value / cfg.grad_accumulation
+        average_gradients(params, dist)
         grad_norm = None
         if cfg.grad_clip is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))

@@ -1,0 +1,256 @@
+"""Multi-process training (torchrun / ``accelerate launch``): one process per device, one global batch.
+
+Launchers set ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` (plus ``MASTER_ADDR`` / ``MASTER_PORT``);
+`init_distributed` reads them and joins the process group (``nccl`` on CUDA, ``gloo`` otherwise).
+With ``WORLD_SIZE`` unset or 1 everything here is a no-op, so single-process runs are unchanged.
+
+The scheme (see docs/engine.md):
+
+* **Data**: every rank regenerates the same seeded global batch of ``train.batch_size`` indices
+  and takes its own contiguous shard of ``B / N`` (B must be divisible by N), so N processes see
+  exactly the examples one process sees.
+* **Gradients**: no ``DistributedDataParallel`` wrapper. Backbones call arbitrary methods of the
+  model (``encode_images``, ``generate``), not ``forward``, and the trainable set changes every
+  task (fresh adapters, merged ranks, frozen atoms), so the engine averages gradients itself once
+  per optimizer step: ``g = (1/N) sum_r g_r`` over the current task's trainable parameters, in
+  flat buckets (a missing grad counts as zero on every rank). For a loss that is a mean over
+  examples and equal shards, ``mean_r(mean_{i in shard r} l_i) = mean_i l_i``, so ``g`` is the
+  one-process gradient up to floating-point summation order. Batch-coupled terms (a contrastive
+  class->input term, a token-count mean) are computed per shard, as in any data-parallel setup.
+* **Consistency**: each task's trainable tensors are broadcast from rank 0 after ``begin_task``
+  (like DDP's construction), then every rank applies identical averaged gradients, optimizer steps
+  and CoDyRA proximal steps; `check_in_sync` compares a checksum of the whole model across ranks
+  after every task and stops the run if they ever differ.
+* **Evaluation**: sharded. Rank r predicts a contiguous slice of each test set; predictions and
+  targets are gathered in order and every rank scores the full list (any metric works, including
+  corpus-level ones). MoRAM activation counts are summed across ranks.
+* **Files**: only rank 0 writes the run directory. Resume: rank 0 applies the run-dir rules and
+  broadcasts the outcome; every rank reads the snapshot; each rank's RNG state is saved.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rankwise.errors import ConfigError, RankwiseError
+
+ENV_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+BUCKET_ELEMENTS = 1 << 24  # gradients are all-reduced in flat buckets of at most this many elements
+
+
+class OutOfSyncError(RankwiseError):
+    """Ranks hold different model weights: the run stopped instead of training on silently."""
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits: ``world_size`` processes, this one is ``rank`` (``local_rank`` on its node)."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = DistContext()
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}", raw, "an integer (set by torchrun)") from None
+
+
+def detect() -> DistContext:
+    """The launcher's view from ``WORLD_SIZE`` / ``RANK`` / ``LOCAL_RANK`` (1 process when unset)."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local = _env_int("LOCAL_RANK", rank)
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(
+            "environment variables WORLD_SIZE/RANK", f"{world}/{rank}", "0 <= RANK < WORLD_SIZE"
+        )
+    return DistContext(world, rank, local)
+
+
+def init_distributed(device: torch.device) -> DistContext:
+    """Join (or reuse) the default process group when launched with more than one process."""
+    ctx = detect()
+    if not ctx.enabled:
+        return ctx
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise RankwiseError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # evaluation of long streams can keep ranks apart for a while: generous collective timeout
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))
+    if dist.get_world_size() != ctx.world_size or dist.get_rank() != ctx.rank:
+        raise RankwiseError(
+            f"process group (world {dist.get_world_size()}, rank {dist.get_rank()}) disagrees with "
+            f"WORLD_SIZE={ctx.world_size}, RANK={ctx.rank}"
+        )
+    return ctx
+
+
+def check_batch(batch_size: int, ctx: DistContext) -> None:
+    if batch_size % ctx.world_size:
+        raise ConfigError(
+            "train.batch_size",
+            batch_size,
+            f"a multiple of the number of processes ({ctx.world_size}): the global batch is split "
+            "evenly across ranks",
+        )
+
+
+def shard(items: Sequence[Any], ctx: DistContext) -> Sequence[Any]:
+    """This rank's contiguous slice of a global batch (sizes differ by at most one)."""
+    if not ctx.enabled:
+        return items
+    n = len(items)
+    return items[ctx.rank * n // ctx.world_size : (ctx.rank + 1) * n // ctx.world_size]
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _device_of(tensors: Iterable[torch.Tensor]) -> torch.device:
+    for t in tensors:
+        return t.device
+    return torch.device("cpu")
+
+
+def average_gradients(params: Sequence[torch.nn.Parameter], ctx: DistContext) -> None:
+    """Replace every grad by its mean over ranks (flat buckets per dtype; None counts as zeros)."""
+    if not ctx.enabled:
+        return
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.nn.Parameter]] = {}
+    for p in params:
+        by_dtype.setdefault((p.grad.dtype, p.grad.device), []).append(p)
+    for group in by_dtype.values():
+        bucket: list[torch.nn.Parameter] = []
+        size = 0
+        for p in [*group, None]:
+            if p is not None and (not bucket or size + p.numel() <= BUCKET_ELEMENTS):
+                bucket.append(p)
+                size += p.numel()
+                continue
+            flat = torch.cat([q.grad.reshape(-1) for q in bucket])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat.div_(ctx.world_size)
+            offset = 0
+            for q in bucket:
+                q.grad.copy_(flat[offset : offset + q.numel()].view_as(q.grad))
+                offset += q.numel()
+            bucket, size = ([p], p.numel()) if p is not None else ([], 0)
+
+
+def mean_scalar(value: float, ctx: DistContext, device: torch.device) -> float:
+    """Mean of a float over ranks (a NaN or inf on any rank makes every rank's result non-finite)."""
+    if not ctx.enabled:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item()) / ctx.world_size
+
+
+def broadcast_parameters(tensors: Iterable[torch.Tensor], ctx: DistContext) -> None:
+    """Overwrite these tensors on every rank with rank 0's values."""
+    if not ctx.enabled:
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t.data, src=0)
+
+
+def broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's `obj` on every rank (picklable objects only)."""
+    if not ctx.enabled:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    """[obj of rank 0, obj of rank 1, ...] on every rank."""
+    if not ctx.enabled:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def model_checksum(model: torch.nn.Module) -> list[float]:
+    """[sum, sum of squares, position-weighted sum] of every floating tensor in the state dict (float64)."""
+    total = squares = weighted = 0.0
+    for i, (_, t) in enumerate(sorted(model.state_dict().items())):
+        if not torch.is_floating_point(t):
+            continue
+        d = t.detach().double()
+        total += float(d.sum())
+        squares += float((d * d).sum())
+        weighted += (i + 1) * float(d.sum())
+    return [total, squares, weighted]
+
+
+def check_in_sync(model: torch.nn.Module, ctx: DistContext, where: str) -> None:
+    """Raise `OutOfSyncError` on every rank unless all ranks hold bitwise-identical checksums."""
+    if not ctx.enabled:
+        return
+    sums = gather_objects(model_checksum(model), ctx)
+    if any(s != sums[0] for s in sums[1:]):
+        raise OutOfSyncError(
+            f"ranks hold different weights {where}: checksums {sums}; stopped (the last commit is kept)"
+        )
+
+
+def reduce_activation_stats(model: torch.nn.Module, ctx: DistContext) -> None:
+    """Sum MoRAM's per-atom hit counts and token counts over ranks after a sharded evaluation."""
+    if not ctx.enabled:
+        return
+    import torch.distributed as dist
+
+    layers = [m for m in model.modules() if hasattr(m, "atom_hits") and hasattr(m, "tokens_seen")]
+    for layer in layers:
+        hits = layer.atom_hits.detach().clone()
+        dist.all_reduce(hits, op=dist.ReduceOp.SUM)
+        layer.atom_hits = hits
+        seen = torch.tensor([float(layer.tokens_seen)], dtype=torch.float64, device=hits.device)
+        dist.all_reduce(seen, op=dist.ReduceOp.SUM)
+        layer.tokens_seen = int(seen.item())

@@ -1,18 +1,20 @@
 """The ``rankwise`` command: run | eval | report | list | data check.
 
-    rankwise run CONFIG [--set train.lr=1e-4 ...] [--resume RUN_DIR] [--overwrite] [--quiet]
+    rankwise run CONFIG [--set train.lr=1e-4 ...] [--threads N] [--resume RUN_DIR] [--overwrite] [--quiet]
+    torchrun --nproc_per_node N -m rankwise.cli run CONFIG ...     (one process per device)
     rankwise eval RUN_DIR [--tasks NAME ...]
     rankwise report RUN_DIR [RUN_DIR ...] [--out DIR]
     rankwise list
     rankwise data check --scenario NAME --root DIR
 
 Errors that rankwise raises on purpose (`rankwise.errors.RankwiseError`) print one line, no
-traceback, and exit with status 2.
+traceback, and exit with status 2 (under torchrun only rank 0 prints them).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.lr=1e-4 (repeatable)",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch intra-op threads per process (same as --set threads=N; default: torch's)",
     )
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the stopped run in RUN_DIR")
     run.add_argument("--overwrite", action="store_true", help="replace a run in the output dir (moved aside)")
@@ -60,7 +68,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from rankwise.config import load_config
     from rankwise.engine.continual import run_experiment
 
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.threads is not None:
+        overrides.append(f"threads={args.threads}")
+    config = load_config(args.config, overrides)
     result = run_experiment(
         config,
         run_dir=args.resume,
@@ -68,6 +79,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         quiet=args.quiet,
     )
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+        return 0
     m = result.metrics
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     print(f"run dir: {result.run_dir}")
@@ -119,9 +132,24 @@ def _cmd_list(args: argparse.Namespace) -> int:
     configs = _configs_dir()
     if configs is not None:
         print(f"config presets ({configs}):")
-        for path in sorted(configs.glob("*.yaml")):
-            print(f"  {path.name}")
+        paths = sorted(configs.glob("*.yaml"))
+        width = max((len(p.name) for p in paths), default=0)
+        for path in paths:
+            print(f"  {path.name:<{width}}  {preset_description(path)}".rstrip())
     return 0
+
+
+def preset_description(path: Path) -> str:
+    """The first comment line of a preset YAML (its one-line description), without the ``#``."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                stripped = line.strip()
+                if stripped.startswith("#"):
+                    return stripped.lstrip("#").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return ""
 
 
 def _configs_dir() -> Path | None:
@@ -148,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except RankwiseError as exc:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun: one message, from rank 0
+            return 2
         message = str(exc)
         first, _, rest = message.partition("\n")
         print(f"rankwise {args.command}: error: {first}", file=sys.stderr)

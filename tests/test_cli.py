@@ -119,3 +119,41 @@ def test_resume_with_changed_config_prints_the_diff(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "+  lr: 0.1" in err and "-  lr: 0.005" in err and "Traceback" not in err
+
+
+def test_list_shows_each_presets_one_line_description(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    first_comment = (REPO / "configs" / "toy_codyra.yaml").read_text().splitlines()[0].lstrip("# ").strip()
+    line = next(x for x in out.splitlines() if "toy_codyra.yaml" in x)
+    assert line.split("toy_codyra.yaml", 1)[1].strip() == first_comment
+    assert cli.preset_description(REPO / "pyproject.toml") == ""
+
+
+def test_threads_flag_and_data_alias_from_the_command_line(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    try:
+        code = cli.main(
+            [
+                "run",
+                str(REPO / "configs" / "toy_zero_shot.yaml"),
+                "--set",
+                "data.num_tasks=2",
+                "--set",
+                f"output.dir={run_dir}",
+                "--threads",
+                "2",
+                "--quiet",
+            ]
+        )
+        assert code == 0 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    saved = (run_dir / "config.yaml").read_text()
+    assert "threads: 2" in saved and "num_tasks: 2" in saved
+    assert len(json.loads((run_dir / "tasks.json").read_text())["tasks"]) == 2
+    capsys.readouterr()
+    bad = ["run", str(REPO / "configs" / "toy_zero_shot.yaml"), "--threads", "0"]
+    assert cli.main([*bad, "--set", f"output.dir={tmp_path / 'bad'}"]) == 2
+    assert not (tmp_path / "bad").exists()
+    assert "threads=0" in capsys.readouterr().err

@@ -148,3 +148,133 @@ def test_every_preset_in_configs_validates():
     for path in presets:
         if path.name.startswith("toy_"):
             load_config(path)
+
+
+# -- data.* is an alias of scenario.* ---------------------------------------------------------------
+def test_data_alias_in_overrides_and_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(base()))
+    cfg = load_config(path, ["data.num_tasks=5", "scenario.noise=0.25", "data.noise=0.5"])
+    assert cfg.scenario.config.num_tasks == 5 and cfg.scenario.config.noise == 0.5  # in order
+    assert "data" not in cfg.to_dict() and cfg.to_dict()["scenario"]["num_tasks"] == 5
+    path.write_text(yaml.safe_dump(base() | {"data": {"num_tasks": 4}}))
+    assert load_config(path).scenario.config.num_tasks == 4
+    assert load_config(path, ["scenario.num_tasks=6"]).scenario.config.num_tasks == 6
+
+
+def test_data_root_reaches_the_scenario_of_the_documented_command(tmp_path):
+    cfg = load_config(REPO / "configs" / "mtil_order1_codyra.yaml", [f"data.root={tmp_path}"])
+    assert cfg.scenario.config.root == str(tmp_path)
+    cfg = load_config(REPO / "configs" / "mtil_order1_codyra.yaml", [f"scenario.root={tmp_path}"])
+    assert cfg.scenario.config.root == str(tmp_path)
+
+
+def test_data_alias_errors_name_the_alias_and_the_scenario_fields(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        apply_override(base(), "data.num_task=2")
+    assert info.value.field == "data.num_task" and "'num_tasks'" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(base() | {"data": {"nois": 0.1}})
+    assert info.value.field == "data.nois" and "'noise'" in str(info.value)
+    data = base()
+    data["scenario"]["num_tasks"] = 3
+    with pytest.raises(ConfigError, match=r"data.num_tasks=4.*scenario.num_tasks=3"):
+        config_from_dict(data | {"data": {"num_tasks": 4}})
+    with pytest.raises(ConfigError, match="data"):
+        config_from_dict(base() | {"data": [1, 2]})
+
+
+# -- threads ------------------------------------------------------------------------------------------
+def test_threads_key():
+    assert config_from_dict(base()).threads is None
+    cfg = config_from_dict(base() | {"threads": 2})
+    assert cfg.threads == 2 and cfg.to_dict()["threads"] == 2
+    for bad, expect in ((0, "positive"), ("two", "an integer"), (1.5, "an integer")):
+        with pytest.raises(ConfigError) as info:
+            config_from_dict(base() | {"threads": bad})
+        assert info.value.field == "threads" and expect in str(info.value)
+
+
+# -- generic annotations in component config dataclasses -------------------------------------------
+def test_generic_annotations_are_checked_and_coerced():
+    import dataclasses
+    from typing import Any, Literal, Optional, Union
+
+    from rankwise.config import build_dataclass
+
+    @dataclasses.dataclass
+    class Options:
+        weights: dict[str, float] = dataclasses.field(default_factory=dict)
+        shape: tuple[int, ...] = (1,)
+        pair: tuple[str, int] = ("a", 1)
+        mode: Literal["fast", "exact"] = "fast"
+        scales: Optional[list[float]] = None
+        cap: Union[int, dict[str, int], None] = None
+        anything: Any = None
+        raw: dict = dataclasses.field(default_factory=dict)
+
+    built = build_dataclass(
+        Options,
+        {
+            "weights": {"a": 1, "b": "1e-3"},
+            "shape": [2, 3],
+            "pair": ["x", 4],
+            "mode": "exact",
+            "scales": ["2e-1", 3],
+            "cap": {"t": 5},
+            "anything": [1, "x"],
+            "raw": {"k": [1]},
+        },
+        "scenario",
+    )
+    assert built.weights == {"a": 1.0, "b": 1e-3} and isinstance(built.weights["a"], float)
+    assert built.shape == (2, 3) and built.pair == ("x", 4) and built.mode == "exact"
+    assert built.scales == [0.2, 3.0] and built.cap == {"t": 5} and built.raw == {"k": [1]}
+    assert build_dataclass(Options, {"cap": 7, "scales": None}, "s").cap == 7
+
+    bad = [
+        ({"weights": {"a": "heavy"}}, "scenario.weights.a", "a number"),
+        ({"weights": [1, 2]}, "scenario.weights", "a mapping"),
+        ({"shape": [2, "x"]}, "scenario.shape[1]", "an integer"),
+        ({"pair": ["x"]}, "scenario.pair", "exactly 2 items"),
+        ({"pair": ["x", "y"]}, "scenario.pair[1]", "an integer"),
+        ({"mode": "slow"}, "scenario.mode", "'fast', 'exact'"),
+        ({"mode": True}, "scenario.mode", "'fast', 'exact'"),
+        ({"scales": "big"}, "scenario.scales", "a list"),
+        ({"cap": {"t": "many"}}, "scenario.cap.t", "an integer"),
+        ({"cap": "many"}, "scenario.cap", "an integer or a mapping"),
+    ]
+    for data, field, expect in bad:
+        with pytest.raises(ConfigError) as info:
+            build_dataclass(Options, data, "scenario")
+        assert info.value.field == field, (data, info.value)
+        assert expect in str(info.value), (data, str(info.value))
+
+
+def test_every_registered_component_config_is_readable():
+    """Every backbone/scenario config class's annotations can be checked (no TypeError on generics)."""
+    import dataclasses
+    import typing
+
+    from rankwise import registry
+    from rankwise.config import _coerce
+
+    for table in (registry.BACKBONES, registry.SCENARIOS):
+        for entry in table.values():
+            try:
+                cls = entry.load_config_class()
+            except ImportError:
+                continue
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                if not f.init:
+                    continue
+                default = f.default if f.default is not dataclasses.MISSING else None
+                if f.default_factory is not dataclasses.MISSING:
+                    default = f.default_factory()
+                if default is None or isinstance(default, Path):
+                    continue
+                try:
+                    _coerce(default, hints[f.name], f"{entry.name}.{f.name}")
+                except ConfigError as exc:
+                    pytest.fail(f"default of {entry.name}.{f.name} does not pass its own annotation: {exc}")

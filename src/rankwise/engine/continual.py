@@ -24,23 +24,23 @@ import torch
 import yaml
 
 from rankwise import io
-from rankwise.config import ADAPTER_METHODS, RunConfig, resolve_method
+from rankwise.config import ADAPTER_METHODS, RunConfig
 from rankwise.engine import checkpoint as ckpt
 from rankwise.engine import distributed as ddp
-from rankwise.engine.device import (
-    apply_threads,
-    choose_device,
-    derived_seed,
-    rng_state,
-    seed_everything,
-    set_rng_state,
+from rankwise.engine.build import (  # noqa: F401  (build_parts, save_task_checkpoint: public API)
+    Parts,
+    attach_method,
+    build_base,
+    build_parts,
+    checkpoint_dir,
+    save_task_checkpoint,
 )
-from rankwise.engine.evaluate import evaluate_all, validate_tasks
+from rankwise.engine.device import derived_seed, rng_state, seed_everything, set_rng_state
+from rankwise.engine.evaluate import evaluate_all
 from rankwise.engine.rundir import load_result, load_run_config, prepare_run_dir, tasks_record
 from rankwise.engine.trainer import NonFiniteLossError, StepLog, make_optimizer, make_scheduler, train_task
 from rankwise.errors import CheckpointError, ConfigError, RankwiseError
 from rankwise.metrics import summarize
-from rankwise.registry import BACKBONES, SCENARIOS
 from rankwise.tasks import Task
 
 
@@ -52,86 +52,6 @@ class RunResult:
     metrics: dict[str, Any]
     run_dir: Path
     task_names: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Parts:
-    """Everything built from a config: tasks, backbone and the (possibly wrapped) model."""
-
-    tasks: list[Task]
-    backbone: Any
-    model: torch.nn.Module
-    device: torch.device
-    dist: ddp.DistContext = ddp.SINGLE
-
-
-# -- building ---------------------------------------------------------------------------------------
-def checkpoint_dir(run_dir: Path, index: int, task: Task) -> Path:
-    return run_dir / "checkpoints" / f"task_{index + 1}_{task.name}"
-
-
-def build_base(config: RunConfig) -> Parts:
-    """Seed, build and validate the tasks, build the backbone; no method attached yet.
-
-    Applies ``config.threads`` and, under a multi-process launcher, joins the process group.
-    """
-    apply_threads(config.threads)
-    env = ddp.detect()
-    device = choose_device(config.device, env.local_rank if env.enabled else None)
-    dist = ddp.init_distributed(device)
-    ddp.check_batch(config.train.batch_size, dist)
-    seed_everything(config.seed)
-    tasks = SCENARIOS[config.scenario.name].load_factory()(config.scenario.config, config.seed)
-    validate_tasks(tasks)
-    backbone = BACKBONES[config.backbone.name].load_factory()(config.backbone.config, device)
-    if config.method.name in ADAPTER_METHODS:
-        resolve_method(config.method, backbone.default_target_preset)
-    return Parts(tasks, backbone, backbone.model, device, dist)
-
-
-def attach_method(parts: Parts, config: RunConfig, restore_from: Path | None = None) -> None:
-    """Inject the adapters (or restore them from a task checkpoint); for `full`, restore the weights."""
-    method = config.method.name
-    if method in ADAPTER_METHODS:
-        import rankwise
-
-        if restore_from is not None:
-            ckpt.verify_dir(restore_from)
-            parts.model = rankwise.load_model(parts.backbone.model, restore_from)
-        else:
-            parts.model = rankwise.get_model(parts.backbone.model, config.method.config)
-    elif method == "full" and restore_from is not None:
-        ckpt.verify_dir(restore_from)
-        state = io.load_tensors(restore_from / "model.safetensors", device=parts.device)
-        differ = set(parts.backbone.model.state_dict()) ^ set(state)
-        if differ:
-            raise CheckpointError(
-                f"{restore_from} does not fit the model: keys differ, e.g. {sorted(differ)[:3]}"
-            )
-        parts.backbone.model.load_state_dict(state)
-
-
-def build_parts(config: RunConfig, restore_from: Path | None = None) -> Parts:
-    """`build_base` + `attach_method`: everything a config describes, ready to train or evaluate."""
-    parts = build_base(config)
-    attach_method(parts, config, restore_from)
-    return parts
-
-
-def save_task_checkpoint(directory: Path, method: str, model: torch.nn.Module) -> None:
-    def write(tmp: Path) -> None:
-        if method in ADAPTER_METHODS:
-            model.save_pretrained(tmp)
-        else:
-            seen: set[int] = set()
-            tensors = {}
-            for key, value in model.state_dict().items():
-                ptr = value.untyped_storage().data_ptr()
-                tensors[key] = value.clone() if ptr in seen else value  # safetensors refuses shared memory
-                seen.add(ptr)
-            io.save_tensors(tmp / "model.safetensors", tensors)
-
-    ckpt.write_dir_atomically(directory, write)
 
 
 # -- the loop --------------------------------------------------------------------------------------

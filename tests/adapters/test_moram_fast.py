@@ -79,6 +79,9 @@ def test_fast_path_equals_dense_formula_with_gradients(case, training, shape):
     out = layer(x)
     assert out.shape == (*shape, d_out)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():  # the inference path adds into the base output in place
+        torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(layer.delta(x), expected - layer.base_layer(x), rtol=1e-9, atol=1e-9)
     grad_out = torch.randn_like(out)
     out.backward(grad_out)
     expected.backward(grad_out)

@@ -196,27 +196,43 @@ class MoRAMLinear(AdapterLayer):
             w = w * (s >= self.delta_threshold)
         return w
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        if not self.has_delta():
+            return out
+        return self._mix(x, out)
+
     def delta(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mix(x, None)
+
+    def _mix(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """delta(x), or out + delta(x) with the addition folded into the value matmul when out is given."""
         dtype = (self.bank_A if self.lora_A is None else self.lora_A).dtype
-        lead = x.shape[:-1]
         flat = self.dropout(x).to(dtype).reshape(-1, self.in_features)
         p = self._key_responses(flat)
         num_atoms = p.shape[-1]
         k = min(self.budget, num_atoms)
         norm = torch.linalg.vector_norm(p, dim=-1, keepdim=True).clamp_min(1e-12)
+        fuse = out is not None and out.dtype == dtype
         if k == num_atoms:  # the budget covers every atom: one dense matmul is cheapest
             w = self._weights(p, norm)
             if self.track_activations and not self.training:
                 self._count(w)
-            out = F.linear(p * w, self._values_by_atom().t())
+            values = self._values_by_atom()
+            if fuse:
+                return torch.addmm(out.reshape(-1, self.out_features), p * w, values).view(out.shape)
+            delta = (p * w) @ values
         else:  # only k atoms per token carry weight: sum k rows of values
             top_p, index = p.topk(k, dim=-1)
             w = self._weights(top_p, norm)
             if self.track_activations and not self.training:
                 self._count(torch.zeros_like(p).scatter_(-1, index, w))
             live = None if self.lora_B is None else self._live_values()
-            out = _TopKValues.apply(index, top_p * w, self.bank_BT, live)
-        return out.reshape(*lead, self.out_features)
+            delta = _TopKValues.apply(index, top_p * w, self.bank_BT, live)
+            if fuse and not torch.is_grad_enabled():  # inference: add into the fresh base output
+                return out.reshape(-1, self.out_features).add_(delta).view(out.shape)
+        delta = delta.reshape(*x.shape[:-1], self.out_features)
+        return delta if out is None else out + delta.to(out.dtype)
 
     @torch.no_grad()
     def _count(self, w: torch.Tensor) -> None:

@@ -95,6 +95,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from rankwise.engine.continual import evaluate_run
 
     scores = evaluate_run(args.run_dir, args.tasks, quiet=args.quiet)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+        return 0
     width = max(len(n) for n in scores)
     for name, score in scores.items():
         print(f"{name:<{width}}  {score:7.2f}")

@@ -72,13 +72,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         overrides.append(f"threads={args.threads}")
     config = load_config(args.config, overrides)
-    result = run_experiment(
-        config,
-        run_dir=args.resume,
-        resume=args.resume is not None,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-    )
+    try:
+        result = run_experiment(
+            config,
+            run_dir=args.resume,
+            resume=args.resume is not None,
+            overwrite=args.overwrite,
+            quiet=args.quiet,
+        )
+    finally:
+        _leave_process_group()
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
         return 0
     m = result.metrics
@@ -89,6 +92,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"BWT {fmt(m['bwt'])}"
     )
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under torchrun: leave the process group the engine joined (clean exit, no warnings)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -131,9 +131,10 @@ class AdapterLayer(nn.Module):
         h = self.low_rank_input(x)
         if h is None or h.dtype != out.dtype:
             return out + self.delta(x).to(out.dtype)
-        # delta = h B^T added inside the matmul (one pass over the output instead of three)
-        flat = torch.addmm(out.reshape(-1, self.out_features), h.reshape(-1, h.shape[-1]), self.lora_B.t())
-        return flat.view(out.shape)
+        # out += h B^T inside the matmul, in place: the base output is fresh and its backward does not
+        # need it, so no copy of the (N, d_out) output and no separate addition pass
+        flat = out.reshape(-1, self.out_features)
+        return flat.addmm_(h.reshape(-1, h.shape[-1]), self.lora_B.t()).view(out.shape)
 
     def has_delta(self) -> bool:
         return self.task_active

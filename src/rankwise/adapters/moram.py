@@ -219,8 +219,8 @@ class MoRAMLinear(AdapterLayer):
             if self.track_activations and not self.training:
                 self._count(w)
             values = self._values_by_atom()
-            if fuse:
-                return torch.addmm(out.reshape(-1, self.out_features), p * w, values).view(out.shape)
+            if fuse:  # in place into the fresh base output (its backward does not need it)
+                return out.reshape(-1, self.out_features).addmm_(p * w, values).view(out.shape)
             delta = (p * w) @ values
         else:  # only k atoms per token carry weight: sum k rows of values
             top_p, index = p.topk(k, dim=-1)
@@ -229,7 +229,7 @@ class MoRAMLinear(AdapterLayer):
                 self._count(torch.zeros_like(p).scatter_(-1, index, w))
             live = None if self.lora_B is None else self._live_values()
             delta = _TopKValues.apply(index, top_p * w, self.bank_BT, live)
-            if fuse and not torch.is_grad_enabled():  # inference: add into the fresh base output
+            if fuse:
                 return out.reshape(-1, self.out_features).add_(delta).view(out.shape)
         delta = delta.reshape(*x.shape[:-1], self.out_features)
         return delta if out is None else out + delta.to(out.dtype)

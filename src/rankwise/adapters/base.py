@@ -125,6 +125,9 @@ class AdapterLayer(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A strided input (e.g. attention's transposed (L, B, E)) with a frozen weight makes torch.matmul
+        # broadcast the weight into a slow batched matmul at inference; one copy here avoids it.
+        x = x if x.is_contiguous() else x.contiguous()
         out = self.base_layer(x)
         if not self.has_delta():
             return out

@@ -197,6 +197,7 @@ class MoRAMLinear(AdapterLayer):
         return w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x if x.is_contiguous() else x.contiguous()  # see AdapterLayer.forward; the keys reuse it
         out = self.base_layer(x)
         if not self.has_delta():
             return out

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 import rankwise
@@ -30,14 +29,6 @@ def _load(name: str, path: Path):
 
 mtil_fixtures = _load("mtil_fixtures", REPO / "tests" / "scenarios" / "test_mtil.py")
 clip_fixtures = _load("clip_fixtures", REPO / "tests" / "backbones" / "test_clip.py")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

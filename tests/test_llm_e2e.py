@@ -10,21 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from rankwise.config import config_from_dict
 from rankwise.engine.continual import run_experiment
 
 TINY = Path(__file__).parent / "backbones"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared CPU: intra-op threads cost far more than they save (60 s vs 2 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -34,14 +34,6 @@ TINY_OPEN_CLIP = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def write_clip_tokenizer(folder: Path) -> None:
     """vocab.json + merges.txt for transformers' CLIPTokenizer, built from open_clip's BPE file the way
     CLIP's SimpleTokenizer builds its vocabulary (bytes, bytes + '</w>', merges, two special tokens)."""

@@ -296,6 +296,20 @@ def bench(w: Workload, repeats: int, device: str, train: bool = True) -> dict[st
     return result
 
 
+def profile_inference(w: Workload, variant: str, rows: int = 15) -> str:
+    if variant not in INFER_VARIANTS:
+        raise SystemExit(f"--profile={variant!r}: valid variants are {', '.join(INFER_VARIANTS)}")
+    from torch.profiler import ProfilerActivity, profile
+
+    w.module.requires_grad_(False)
+    model, x = inference_model(w, variant), w.inputs(False)
+    with torch.no_grad():
+        w.loss(model, x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            w.loss(model, x)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
 def layer_shapes(w: Workload) -> list[tuple[int, int, int]]:
     """Distinct (d_in, d_out, tokens) of the adapted layers of a workload."""
     probe = rankwise.get_model(shared_copy(w.module), rankwise.LoRAConfig(r=RANK, target_modules=w.targets))
@@ -337,6 +351,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--render", default=None, help="print a saved JSON report as markdown tables and exit"
     )
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="torch.profiler table of one no_grad forward of this inference variant",
+    )
     args = parser.parse_args(argv)
     if args.render:
         report = json.loads(Path(args.render).read_text())
@@ -363,6 +382,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         batch = args.batch_size or batch
         seq = args.seq_len or seq
         w = MODELS[name](args.quick, batch, seq, args.device)
+        if args.profile:
+            print(profile_inference(w, args.profile))
+            continue
         result = bench(w, repeats, args.device)
         result["ratios"] = ratios(result)
         result["ratios_from_min"] = ratios(result, "min_s")
@@ -378,6 +400,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 entry["layers"][lw.name] = lres
         report["models"][name] = entry
         del w
+    if args.profile:
+        return report
     report["conditions_end"] = machine_conditions()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=1))

@@ -216,3 +216,29 @@ def test_dropout_is_applied_to_the_adapter_input_only_in_training():
     assert torch.equal(layer(x), layer(x))
     layer.train()
     assert not torch.equal(layer(x), layer(x))
+
+
+@pytest.mark.parametrize(
+    "cls,cfg", [(LoRALinear, LoRAConfig), (CoDyRALinear, CoDyRAConfig), (MoRAMLinear, MoRAMConfig)]
+)
+@pytest.mark.parametrize("bank", [False, True])
+def test_bf16_autocast_with_float32_adapters(cls, cfg, bank):
+    """float32 weights under CPU bf16 autocast (the engine's `train.bf16`): forward and backward work
+    and stay close to the float32 result."""
+    layer = cls(
+        _base(),
+        cfg(r=4, top_k=2, target_modules=["x"]) if cfg is MoRAMConfig else cfg(r=4, target_modules=["x"]),
+    )
+    if bank and cls is MoRAMLinear:
+        layer.begin_task()
+        _randomise(layer, seed=5)
+        layer.end_task()
+    layer.begin_task()
+    _randomise(layer)
+    x = torch.randn(2, 5, 12)
+    expected = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    out.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.trainable_parameters())
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.15)

@@ -229,7 +229,9 @@ class MoRAMLinear(AdapterLayer):
             if self.track_activations and not self.training:
                 self._count(torch.zeros_like(p).scatter_(-1, index, w))
             live = None if self.lora_B is None else self._live_values()
-            delta = _TopKValues.apply(index, top_p * w, self.bank_BT, live)
+            values_dtype = self.bank_BT.dtype if live is None else live.dtype
+            # autocast leaves p in bf16 while the values stay float32; embedding_bag needs one dtype
+            delta = _TopKValues.apply(index, (top_p * w).to(values_dtype), self.bank_BT, live)
             if fuse:
                 return out.reshape(-1, self.out_features).add_(delta).view(out.shape)
         delta = delta.reshape(*x.shape[:-1], self.out_features)

@@ -21,11 +21,6 @@ SMALL = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def test_list_shows_methods_scenarios_backbones_and_presets(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
@@ -157,3 +152,16 @@ def test_threads_flag_and_data_alias_from_the_command_line(tmp_path, capsys):
     assert cli.main([*bad, "--set", f"output.dir={tmp_path / 'bad'}"]) == 2
     assert not (tmp_path / "bad").exists()
     assert "threads=0" in capsys.readouterr().err
+
+
+def test_run_prints_the_matrix_and_writes_the_report(tmp_path, capsys):
+    run_dir = tmp_path / "demo"
+    config = str(REPO / "configs" / "toy_codyra.yaml")
+    assert cli.main(["run", config, *SMALL, "--set", f"output.dir={run_dir}"]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((run_dir / "accuracy_matrix.json").read_text())
+    rows = [line.split() for line in out.splitlines() if line.startswith(("zero-shot", "after syn"))]
+    printed = [[float(v) for v in row[-2:]] for row in rows if len(row) in (3, 4)]
+    assert printed == [[round(v, 1) for v in row] for row in saved["matrix"]]
+    assert (run_dir / "report" / "report.md").is_file()
+    assert (run_dir / "report" / "toy_codyra_accuracy.png").stat().st_size > 1000

@@ -86,12 +86,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     m = result.metrics
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    if not args.quiet:
+        print(format_matrix(result.accuracy_matrix, result.task_names))
+        from rankwise.report import write_report
+
+        write_report([Path(result.run_dir)], Path(result.run_dir) / "report")
+        print(f"report: {Path(result.run_dir) / 'report' / 'report.md'}")
     print(f"run dir: {result.run_dir}")
     print(
         f"Transfer {fmt(m['transfer'])}  Average {fmt(m['average'])}  Last {fmt(m['last'])}  "
         f"BWT {fmt(m['bwt'])}"
     )
     return 0
+
+
+def format_matrix(matrix, task_names: list[str]) -> str:
+    """The accuracy matrix as a plain-text table: a zero-shot row, then one row after each task."""
+    labels = ["zero-shot"] + [f"after {name}" for name in task_names[: len(matrix) - 1]]
+    width = max(len(label) for label in labels)
+    cols = [max(len(name), 6) for name in task_names]
+    lines = [" " * width + "  " + "  ".join(f"{n:>{c}}" for n, c in zip(task_names, cols))]
+    for label, row in zip(labels, matrix):
+        lines.append(f"{label:<{width}}  " + "  ".join(f"{v:>{c}.1f}" for v, c in zip(row, cols)))
+    return "\n".join(lines)
 
 
 def _leave_process_group() -> None:

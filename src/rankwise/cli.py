@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -170,16 +171,20 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def preset_description(path: Path) -> str:
-    """The first comment line of a preset YAML (its one-line description), without the ``#``."""
+    """The first sentence of a preset YAML's leading comment block, without the ``#``."""
+    words: list[str] = []
     try:
         with open(path, encoding="utf-8") as handle:
             for line in handle:
                 stripped = line.strip()
-                if stripped.startswith("#"):
-                    return stripped.lstrip("#").strip()
+                if not stripped.startswith("#"):
+                    break
+                words.append(stripped.lstrip("#").strip())
     except (OSError, UnicodeDecodeError):
         return ""
-    return ""
+    text = " ".join(w for w in words if w)
+    match = re.search(r"[.!?](\s|$)", text)
+    return (text[: match.start() + 1] if match else text).rstrip(":").strip()
 
 
 def _configs_dir() -> Path | None:

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import torch
 
-from rankwise.errors import CheckpointError
+from rankwise.errors import CheckpointError, DataError
 
 
 @contextmanager
@@ -79,6 +79,18 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(f"{path} is not valid JSON (truncated or corrupted?): {exc}") from exc
 
 
+def read_json_list(path: str | os.PathLike[str], what: str = "list") -> list[Any]:
+    """A data file that holds one JSON list; DataError names the file when it is not valid."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(data, list):
+        raise DataError(f"{path} should hold a JSON {what}, found {type(data).__name__}")
+    return data
+
+
 def save_tensors(
     path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
@@ -101,5 +113,7 @@ def load_tensors(path: str | os.PathLike[str], device: str | torch.device = "cpu
     try:
         tensors = load(path.read_bytes())
     except (SafetensorError, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a valid safetensors file (truncated or corrupted?): {exc}") from exc
+        raise CheckpointError(
+            f"{path} is not a valid safetensors file (truncated or corrupted?): {exc}"
+        ) from exc
     return {k: v.to(device) for k, v in tensors.items()}

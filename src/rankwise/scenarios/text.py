@@ -18,14 +18,13 @@ seed scores the same items; ``shots`` picks N train items per class with the run
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from rankwise import io
 from rankwise.errors import ConfigError, DataError, choices
 from rankwise.tasks import ClassificationExample, Task
 
@@ -197,19 +196,9 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def _read_json_list(path: Path) -> list[Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, list):
-        raise DataError(f"{path} should hold a JSON list, found {type(data).__name__}")
-    return data
-
-
 def _records(path: Path, text_key: str, label_key: str) -> Pairs:
     pairs = []
-    for i, item in enumerate(_read_json_list(path)):
+    for i, item in enumerate(io.read_json_list(path)):
         if not isinstance(item, dict) or text_key not in item or label_key not in item:
             raise DataError(f"{path} item {i}: expected an object with keys {text_key!r} and {label_key!r}")
         pairs.append((str(item[text_key]), str(item[label_key])))
@@ -218,7 +207,7 @@ def _records(path: Path, text_key: str, label_key: str) -> Pairs:
 
 def load_cl_benchmark(folder: Path) -> dict[str, Pairs]:
     """O-LoRA format: ``{train,test}.json`` lists of {label, sentence}; labels checked against labels.json."""
-    labels = _read_json_list(_need(folder / "labels.json", "label list"))
+    labels = io.read_json_list(_need(folder / "labels.json", "label list"))
     splits = {
         s: _records(_need(folder / f"{s}.json", f"{s} split"), "sentence", "label") for s in ("train", "test")
     }

@@ -28,7 +28,6 @@ MeetingBank / 20Minuten ROUGE-L, Py150 edit similarity; other tasks use ``defaul
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rankwise import io
 from rankwise.errors import ConfigError, DataError, choices
 from rankwise.tasks import GenerationExample, Task
 
@@ -210,14 +210,7 @@ def _check_per_task(name: str, value: Any, tasks: list[str]) -> None:
 # ---------------------------------------------------------------------------- folder source
 def read_split(path: Path) -> list[GenerationExample]:
     """A TRACE split file: a JSON list of objects with string ``prompt`` and ``answer``."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid UTF-8 JSON: {exc}") from exc
-    if not isinstance(data, list):
-        raise DataError(
-            f"{path} should hold a JSON list of {{'prompt', 'answer'}} objects, found {type(data).__name__}"
-        )
+    data = io.read_json_list(path, "list of {'prompt', 'answer'} objects")
     examples = []
     for i, item in enumerate(data):
         if not isinstance(item, dict) or "prompt" not in item or "answer" not in item:

@@ -147,24 +147,6 @@ class MoRAMLinear(AdapterLayer):
     def has_delta(self) -> bool:
         return self.num_atoms > 0
 
-    def atoms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A_all, B_all) with the current task's values already scaled."""
-        if self.lora_A is None:
-            return self.bank_A, self.bank_B
-        A = torch.cat([self.bank_A, self.lora_A]) if self.bank_A.numel() else self.lora_A
-        B_cur = self.lora_B * self.scaling
-        B = torch.cat([self.bank_B, B_cur], dim=1) if self.bank_B.numel() else B_cur
-        return A, B
-
-    def routing_weights(self, scores: torch.Tensor) -> torch.Tensor:
-        """w over all atoms (zeros outside the top-k), pruned below delta at inference (dense form)."""
-        k = min(self.budget, scores.shape[-1])
-        top_scores, top_index = scores.topk(k, dim=-1)
-        top_weights = torch.softmax(top_scores / self.tau, dim=-1)
-        if not self.training:
-            top_weights = top_weights * (top_scores >= self.delta_threshold)
-        return torch.zeros_like(scores).scatter(-1, top_index, top_weights)
-
     # -- forward -------------------------------------------------------------------------------
     def _key_responses(self, x: torch.Tensor) -> torch.Tensor:
         """p = A_all x as (N, R). With a live task the bank and the new atoms are two matmuls, so the
@@ -263,7 +245,7 @@ class MoRAMLinear(AdapterLayer):
         """Freeze this task's atoms into the bank (values stored scaled). Fresh atoms come at begin_task,
         so that zero-valued untrained atoms never compete for the top-k budget at evaluation."""
         super().end_task()
-        A = self.atoms()[0]
+        A = torch.cat([self.bank_A, self.lora_A]) if self.bank_A.shape[0] else self.lora_A
         self.bank_A = A.detach().clone(memory_format=torch.contiguous_format)
         self.bank_BT = self._values_by_atom().detach().clone(memory_format=torch.contiguous_format)
         self.task_sizes.append(self.lora_A.shape[0])

@@ -211,19 +211,21 @@ def test_mtil_orders_and_few_shot(tmp_path: Path) -> None:
     _all_fixtures(tmp_path)
     make_mnist_torchvision(tmp_path)
     keep = ["dtd", "mnist", "aircraft", "caltech101"]
-    one = build_mtil(MTILConfig(root=str(tmp_path), order="I", datasets=keep), seed=0)
-    two = build_mtil(MTILConfig(root=str(tmp_path), order="2", datasets=keep), seed=0)
+    tv = {"split_convention": "torchvision"}
+    one = build_mtil(MTILConfig(root=str(tmp_path), order="I", datasets=keep, **tv), seed=0)
+    two = build_mtil(MTILConfig(root=str(tmp_path), order="2", datasets=keep, **tv), seed=0)
     assert [t.name for t in one] == ["aircraft", "caltech101", "dtd", "mnist"]
     assert [t.name for t in two] == ["mnist", "aircraft", "caltech101", "dtd"]
-    shot = build_mtil(MTILConfig(root=str(tmp_path), datasets=["eurosat"], shots=2), seed=3)[0]
+    shot = build_mtil(MTILConfig(root=str(tmp_path), datasets=["eurosat"], shots=2, **tv), seed=3)[0]
     counts = np.bincount([e.label for e in shot.train], minlength=3)
     assert counts.tolist() == [2, 2, 2]
-    again = build_mtil(MTILConfig(root=str(tmp_path), datasets=["eurosat"], shots=2), seed=3)[0]
-    other = build_mtil(MTILConfig(root=str(tmp_path), datasets=["eurosat"], shots=2), seed=4)[0]
+    again = build_mtil(MTILConfig(root=str(tmp_path), datasets=["eurosat"], shots=2, **tv), seed=3)[0]
+    other = build_mtil(MTILConfig(root=str(tmp_path), datasets=["eurosat"], shots=2, **tv), seed=4)[0]
     assert [e.input for e in again.train] == [e.input for e in shot.train]
     assert [e.input for e in other.train] != [e.input for e in shot.train]
     assert shot.info["shots"] == 2 and shot.eval_class_names is None
-    assert shot.templates[0] == "a centered satellite photo of {}."
+    assert shot.templates == ["a centered satellite photo of the {}."]  # the official template
+    assert shot.info["prompts"] == "official" and shot.info["shot_sampling"] == "official"
 
 
 def test_few_shot_keeps_small_classes_whole() -> None:
@@ -234,7 +236,13 @@ def test_few_shot_keeps_small_classes_whole() -> None:
 
 def test_xtail_union_label_space(tmp_path: Path) -> None:
     _all_fixtures(tmp_path)
-    tasks = build_xtail(XTAILConfig(root=str(tmp_path), datasets=["aircraft", "caltech101", "dtd"]), seed=0)
+    cfg = XTAILConfig(
+        root=str(tmp_path),
+        datasets=["aircraft", "caltech101", "dtd"],
+        split_convention="torchvision",
+        prompts="zscl",
+    )
+    tasks = build_xtail(cfg, seed=0)
     assert [t.label_offset for t in tasks] == [0, 3, 6]
     union = AIRCRAFT + ["off-center face", "accordion", "side of a car"] + DTD_CLASSES
     assert all(t.eval_class_names == union for t in tasks)
@@ -261,10 +269,18 @@ def test_bad_config_and_missing_data(tmp_path: Path) -> None:
         MTILConfig(root=str(tmp_path), split_convention="zhou")
     with pytest.raises(ConfigError, match="scenario.shots"):
         MTILConfig(root=str(tmp_path), shots=0)
+    with pytest.raises(ConfigError, match="scenario.prompts"):
+        MTILConfig(root=str(tmp_path), prompts="clip")
+    with pytest.raises(ConfigError, match="scenario.shot_sampling"):
+        MTILConfig(root=str(tmp_path), shot_sampling="sorted")
     with pytest.raises(
         DataError, match=r"DTD \(torchvision layout\) is missing .*dtd/dtd/images.*download=True"
     ):
-        build_mtil(MTILConfig(root=str(tmp_path), datasets=["dtd"]), seed=0)
+        build_mtil(MTILConfig(root=str(tmp_path), datasets=["dtd"], split_convention="torchvision"), seed=0)
+    with pytest.raises(
+        DataError, match=r"Caltech101 \(coop layout\) is missing .*caltech-101.*\(or caltech101/"
+    ):
+        build_mtil(MTILConfig(root=str(tmp_path), datasets=["caltech101"]), seed=0)
     bad = tmp_path / "dtd"
     bad.mkdir()
     (bad / "images").mkdir()
@@ -295,3 +311,272 @@ def test_data_check_report(tmp_path: Path) -> None:
         data_check.check("imagenet", tmp_path)
     with pytest.raises(ConfigError, match="--root"):
         data_check.check("mtil", tmp_path / "missing")
+
+
+# --- the official X-TAIL protocol (CoDyRA / MoRAM main.py + scenario_datasets) -------------------
+# Class names as CoOp's split files hold them (EuroSAT: eurosat.py NEW_CNAMES; Cars: year first).
+EUROSAT_COOP = ["Annual Crop Land", "Forest", "Sea or Lake"]
+CARS_COOP = ["2000 AM General Hummer SUV", "2012 Tesla Model S Sedan"]
+
+
+def write_coop(
+    root: Path, split_file: str, image_dir: str, names: list[str], train_counts: list[int], prefix: str = ""
+) -> None:
+    """A CoOp split file; image paths `<prefix><train|test>/c<k>/<part>_<i>.jpg` (Cars: prefix "cars_")."""
+    split: dict[str, list] = {"train": [], "val": [], "test": []}
+    for part, counts in (("train", train_counts), ("val", [1] * len(names)), ("test", [2] * len(names))):
+        for k, (name, n) in enumerate(zip(names, counts)):
+            for i in range(n):
+                rel = f"{prefix}{'test' if part == 'test' else 'train'}/c{k}/{part}_{i}.jpg"
+                img(root / image_dir / rel, k)
+                split[part].append([rel, k, name])
+    (root / split_file).parent.mkdir(parents=True, exist_ok=True)
+    (root / split_file).write_text(json.dumps(split))
+
+
+def make_official_fixtures(root: Path) -> None:
+    """dtd, eurosat (one class smaller than 2 shots), cars in CoOp layout; MNIST with 3 per class."""
+    make_dtd_coop(root)
+    write_coop(root, "eurosat/split_zhou_EuroSAT.json", "eurosat/2750", EUROSAT_COOP, [5, 1, 3])
+    write_coop(
+        root, "stanford_cars/split_zhou_StanfordCars.json", "stanford_cars", CARS_COOP, [3, 4], "cars_"
+    )
+    images = np.random.default_rng(1).integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
+    labels = np.arange(40) % 10
+    for split, sl in (("train", slice(0, 30)), ("t10k", slice(30, 40))):
+        write_idx(root / "MNIST" / "raw" / f"{split}-images-idx3-ubyte", images[sl])
+        write_idx(root / "MNIST" / "raw" / f"{split}-labels-idx1-ubyte", labels[sl])
+
+
+OFFICIAL_SEQUENCE = ["dtd", "eurosat", "mnist", "cars"]  # X-TAIL order, subset
+
+
+def test_split_zhou_and_official_prompts_are_the_defaults(tmp_path: Path) -> None:
+    make_official_fixtures(tmp_path)
+    for cls in (MTILConfig, XTAILConfig):
+        cfg = cls(root=str(tmp_path))
+        assert (cfg.split_convention, cfg.prompts, cfg.shot_sampling) == ("coop", "official", "official")
+    tasks = build_xtail(XTAILConfig(root=str(tmp_path), datasets=OFFICIAL_SEQUENCE), seed=8)
+    names = {t.name: t.class_names for t in tasks}
+    # quirks of the official code, written out from its files (dtd.py, eurosat.py, collections.py)
+    assert names["dtd"] == DTD_CLASSES
+    assert names["eurosat"] == [
+        "Annual Crop Land satellite location",
+        "Forest satellite location",
+        "Sea or Lake satellite location",
+    ]
+    assert names["mnist"][:2] == ['number: "0 - zero"', 'number: "1 - one"'] and len(names["mnist"]) == 10
+    assert names["cars"] == CARS_COOP
+    first = {t.name: t.templates[0] for t in tasks}
+    assert first == {
+        "dtd": "{} texture.",
+        "eurosat": "a centered satellite photo of the {}.",
+        "mnist": 'a photo of the number: "{}".',
+        "cars": "a photo of a {}.",
+    }
+    info = tasks[0].info
+    assert info["split_convention"] == "coop" and tasks[2].info["split_convention"] == "torchvision"
+    assert (info["prompts"], info["shot_sampling"], info["shots"], info["shot_seed"]) == (
+        "official",
+        "official",
+        16,
+        8,
+    )
+
+
+def test_evaluation_prompts_are_template0_of_each_dataset(tmp_path: Path) -> None:
+    from torch import nn
+
+    from rankwise.backbones.clip import ClipBackbone
+
+    class Recorder(ClipBackbone):
+        def __init__(self) -> None:
+            super().__init__(nn.Linear(2, 2), lambda x: x, lambda x: x, device="cpu", eval_templates="first")
+            self.prompts: list[str] = []
+
+        def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+            self.prompts += prompts
+            return torch.randn(len(prompts), 4)
+
+    make_official_fixtures(tmp_path)
+    tasks = build_xtail(XTAILConfig(root=str(tmp_path), datasets=OFFICIAL_SEQUENCE, shots=1), seed=0)
+    backbone = Recorder()
+    assert backbone.eval_text_features(tasks[-1]).shape == (3 + 3 + 10 + 2, 4)
+    expected = (
+        [f"{c} texture." for c in DTD_CLASSES]
+        + [f"a centered satellite photo of the {c} satellite location." for c in EUROSAT_COOP]
+        + [f'a photo of the number: "number: "{d}"".' for d in ("0 - zero", "1 - one")]
+    )
+    assert backbone.prompts[:8] == expected
+    assert backbone.prompts[-2:] == [f"a photo of a {c}." for c in CARS_COOP]
+
+
+def _official_reference(trains: dict[str, list], order: list[str], shots: int, seed: int) -> dict[str, list]:
+    """The official main.py's draws, written against its code: global random / numpy seeded once;
+    DatasetBase.generate_fewshot_dataset per CoOp build (train build + 2 builds per dataset in each
+    evaluation); collections.FewShotDataset (numpy choice == permutation[:n]) for MNIST."""
+    import random
+    from collections import defaultdict
+
+    random.seed(seed)
+    np.random.seed(seed)
+
+    def coop_build(items: list) -> list:
+        tracker = defaultdict(list)
+        for item in items:
+            tracker[item[1]].append(item)
+        out = []
+        for group in tracker.values():
+            out.extend(random.sample(group, shots) if len(group) >= shots else random.choices(group, k=shots))
+        return out
+
+    picked = {}
+    for key in order:
+        if key == "mnist":
+            targets = np.array([y for _, y in trains[key]])
+            idx = []
+            for cls in sorted(set(targets.tolist())):
+                where = np.flatnonzero(targets == cls)
+                idx += where[np.random.permutation(len(where))[:shots]].tolist()
+            picked[key] = [trains[key][i] for i in idx]
+        else:
+            picked[key] = coop_build(trains[key])
+        for _ in range(2):
+            for other in order:
+                if other != "mnist":
+                    coop_build(trains[other])
+    return picked
+
+
+def _key(samples) -> list:
+    return [(x if isinstance(x, str) else x.tobytes(), y) for x, y in samples]
+
+
+@pytest.mark.parametrize("seed", [8, 42])
+def test_official_few_shot_replays_the_official_draws(tmp_path: Path, seed: int) -> None:
+    make_official_fixtures(tmp_path)
+    cfg = XTAILConfig(root=str(tmp_path), datasets=OFFICIAL_SEQUENCE, shots=2)
+    tasks = build_xtail(cfg, seed=seed)
+    full = {k: load_dataset(k, tmp_path, "coop", 42, "official")[0][1] for k in OFFICIAL_SEQUENCE}
+    want = _official_reference(full, OFFICIAL_SEQUENCE, 2, seed)
+    for task in tasks:
+        got = [(e.input, e.label) for e in task.train]
+        assert _key(got) == _key(want[task.name]), task.name
+    eurosat = next(t for t in tasks if t.name == "eurosat")
+    # the 1-image class is drawn with replacement to 2 shots, as random.choices does
+    assert [e.label for e in eurosat.train].count(1) == 2 and len(
+        {e.input for e in eurosat.train if e.label == 1}
+    ) == 1
+    # the stream is shared by the whole sequence: a shorter sequence is replayed as its own
+    later = build_xtail(XTAILConfig(root=str(tmp_path), datasets=["eurosat", "cars"], shots=2), seed=seed)
+    ref = _official_reference(full, ["eurosat", "cars"], 2, seed)
+    assert _key([(e.input, e.label) for e in later[1].train]) == _key(ref["cars"])
+
+
+def test_per_dataset_sampling_option_is_the_old_draw(tmp_path: Path) -> None:
+    make_official_fixtures(tmp_path)
+    cfg = XTAILConfig(
+        root=str(tmp_path), datasets=["eurosat"], shots=2, shot_sampling="per_dataset", shot_seed=3
+    )
+    (task,) = build_xtail(cfg, seed=0)
+    full = load_dataset("eurosat", tmp_path, "coop", 42, "official")[0][1]
+    assert [(e.input, e.label) for e in task.train] == few_shot(full, 2, seed=3)
+    assert [e.label for e in task.train].count(1) == 1  # small classes kept whole, no repeats
+
+
+def test_official_names_under_the_torchvision_layout(tmp_path: Path) -> None:
+    from rankwise.scenarios.mtil_names import official_names
+
+    make_eurosat_torchvision(tmp_path)
+    make_caltech_torchvision(tmp_path)
+    (names, _, _), _ = load_dataset("eurosat", tmp_path, "torchvision", 42, "official")
+    assert names == [n + " satellite location" for n in EUROSAT_COOP]  # same as from the split file
+    # Caltech: CoOp drops Faces_easy, renames Faces -> face, keeps other folder names
+    (names, train, test), _ = load_dataset("caltech101", tmp_path, "torchvision", 42, "official")
+    assert names == ["face", "accordion", "car_side"] and len(train) + len(test) == 9
+    assert official_names("caltech101", ["Faces", "Faces_easy", "airplanes"], False) == [
+        "face",
+        None,
+        "airplane",
+    ]
+    assert official_names("cars", ["AM General Hummer SUV 2000"], False) == ["2000 AM General Hummer SUV"]
+    assert official_names("pets", ["American Bulldog"], False) == ["american_bulldog"]
+    assert official_names("sun397", ["apartment_building/outdoor"], False) == ["outdoor apartment_building"]
+    assert official_names("cifar100", ["aquarium_fish"], False) == ["aquarium fish"]
+
+
+def test_coop_files_under_the_official_code_folder_names(tmp_path: Path) -> None:
+    write_coop(
+        tmp_path,
+        "caltech101/split_zhou_Caltech101.json",
+        "caltech101/101_ObjectCategories",
+        ["face", "accordion"],
+        [2, 2],
+    )
+    (names, train, test), used = load_dataset("caltech101", tmp_path, "coop", 42, "official")
+    assert used == "coop" and names == ["face", "accordion"] and (len(train), len(test)) == (4, 4)
+    assert all(Path(p).is_file() for p, _ in train + test)
+    lines = {
+        line.split()[1]: line
+        for line in data_check.check("xtail", tmp_path).splitlines()
+        if line.startswith("  [")
+    }
+    assert lines["caltech101"].startswith("  [ok]") and "coop present" in lines["caltech101"]
+
+
+PRESETS = {
+    # file: (seed, method values, scenario name, order, shots)
+    "xtail_codyra.yaml": (
+        8,
+        {"name": "codyra", "r": 16, "k_max": 0.005, "dense_fraction": 0.5},
+        "xtail",
+        None,
+        16,
+    ),
+    "xtail_moram.yaml": (
+        42,
+        {"name": "moram", "r": 16, "tau": 0.01, "delta": 0.2, "top_k": 16},
+        "xtail",
+        None,
+        16,
+    ),
+    "mtil_order1_codyra.yaml": (8, {"name": "codyra", "r": 16, "k_max": 0.005}, "mtil", "I", None),
+    "mtil_order2_codyra.yaml": (8, {"name": "codyra", "r": 16, "k_max": 0.005}, "mtil", "II", None),
+    "mtil_order1_moram.yaml": (42, {"name": "moram", "r": 16, "tau": 0.01, "delta": 0.2}, "mtil", "I", None),
+    "mtil_order2_moram.yaml": (42, {"name": "moram", "r": 16, "tau": 0.01, "delta": 0.2}, "mtil", "II", None),
+    "mtil_5shot_order1_codyra.yaml": (8, {"name": "codyra", "r": 16, "k_max": 0.005}, "mtil", "I", 5),
+    "mtil_5shot_order1_moram.yaml": (
+        42,
+        {"name": "moram", "r": 16, "tau": 0.01, "delta": 0.2},
+        "mtil",
+        "I",
+        5,
+    ),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_paper_presets_hold_the_official_values(tmp_path: Path, preset: str) -> None:
+    from rankwise.config import load_config
+
+    seed, method, scenario, order, shots = PRESETS[preset]
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / preset, [f"scenario.root={tmp_path}"])
+    data = cfg.to_dict()
+    assert data["seed"] == seed  # CoDyRA main.py --seed 8; MoRAM main.py --seed 42
+    assert {k: data["method"][k] for k in method} == method
+    train = data["train"]
+    assert (train["lr"], train["iterations"], train["batch_size"]) == (5e-4, 500, 64)  # runner_*.sh, main.py
+    assert (train["optimizer"], train["betas"], train["weight_decay"]) == ("adamw", [0.9, 0.9999], 0.0)
+    assert (train["schedule"], train["warmup_iterations"], train["bf16"]) == ("cosine", 0, False)  # fp32
+    backbone = data["backbone"]
+    assert (backbone["train_augment"], backbone["eval_templates"]) == (True, "first")
+    sc = data["scenario"]
+    assert cfg.scenario.name == scenario and sc["shots"] == shots
+    assert (sc["split_convention"], sc["prompts"], sc["shot_sampling"], sc["shot_seed"]) == (
+        "coop",
+        "official",
+        "official",
+        None,  # = the run seed, as the official code seeds its draws with --seed
+    )
+    if order is not None:
+        assert sc["order"] == order

@@ -3,7 +3,8 @@
 For every dataset and both conventions (torchvision, CoOp) the check looks for the files that
 convention's loader reads (``mtil_datasets.SPECS``): all there and non-empty = present, some =
 incomplete (the missing paths are listed), none = missing. A dataset is usable when at least one
-convention is present; MNIST and CIFAR100 have only the torchvision layout.
+convention is present; MNIST and CIFAR100 have only the torchvision layout. The CoOp files may sit
+under CoOp's folder names or under the official CoDyRA / MoRAM code's (``coop_alt_paths``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def check(scenario: str, root: str | Path) -> str:
         tv, tv_missing = layout_status(root, spec.torchvision_paths)
         if key in COOP_LOADERS:
             coop, coop_missing = layout_status(root, spec.coop_paths)
+            if coop != "present" and spec.coop_alt_paths:
+                alt, alt_missing = layout_status(root, spec.coop_alt_paths)
+                if alt == "present" or (alt == "incomplete" and coop == "missing"):
+                    coop, coop_missing = alt, alt_missing
         else:
             coop, coop_missing = "n/a (no CoOp split; the torchvision layout is used)", []
         ok = "present" in (tv, coop)

@@ -11,17 +11,26 @@ which dataset's templates.
 
 Datasets come from a local root in one of two conventions (see ``mtil_datasets``); each task records
 the convention, split seed and shot count in ``task.info``.
+
+The defaults reproduce the official CoDyRA / MoRAM X-TAIL code (``main.py``, ``scenario_datasets``):
+CoOp split files, its class names and one template per dataset (``mtil_names``), and its few-shot
+draw (``official_few_shot``). ``prompts: zscl``, ``shot_sampling: per_dataset`` and
+``split_convention: torchvision`` are the named deviations.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from rankwise.errors import ConfigError, choices
 from rankwise.scenarios.mtil_datasets import SPECS, Samples, load_dataset
+from rankwise.scenarios.mtil_names import PROMPT_MODES, templates_for
 from rankwise.tasks import ClassificationExample, Task
 
 ORDERS: dict[str, list[str]] = {
@@ -53,6 +62,9 @@ ORDERS: dict[str, list[str]] = {
     ],
 }
 CONVENTIONS = ("torchvision", "coop")
+SHOT_SAMPLING = ("official", "per_dataset")
+# The official code builds these two from torchvision and draws their shots with numpy (collections.py).
+NUMPY_SAMPLED = ("mnist", "cifar100")
 
 
 def few_shot(samples: Samples, shots: int, seed: int) -> Samples:
@@ -66,6 +78,54 @@ def few_shot(samples: Samples, shots: int, seed: int) -> Samples:
         idx = by_class[y]
         keep.extend(idx if len(idx) <= shots else sorted(rng.sample(idx, shots)))
     return [samples[i] for i in sorted(keep)]
+
+
+def _coop_draw(rng: random.Random, samples: Sequence[tuple[Any, int]], shots: int) -> Samples:
+    """One CoOp ``generate_fewshot_dataset`` call: classes in order of first appearance, per class
+    ``rng.sample(items, shots)`` or, with fewer items than shots, ``rng.choices(items, k=shots)``."""
+    by_class: dict[int, list[tuple[Any, int]]] = {}
+    for item in samples:
+        by_class.setdefault(item[1], []).append(item)
+    out: Samples = []
+    for items in by_class.values():
+        out.extend(rng.sample(items, shots) if len(items) >= shots else rng.choices(items, k=shots))
+    return out
+
+
+def _numpy_draw(rng: np.random.RandomState, samples: Samples, shots: int) -> Samples:
+    """collections.py ``FewShotDataset``: classes sorted, ``choice(indices, shots, replace=too few)``."""
+    targets = np.array([y for _, y in samples])
+    picks: list[int] = []
+    for cls in np.unique(targets):
+        idx = np.where(targets == cls)[0]
+        picks.extend(int(i) for i in rng.choice(idx, shots, replace=len(idx) < shots))
+    return [samples[i] for i in picks]
+
+
+def official_few_shot(
+    trains: dict[str, Samples], order: Sequence[str], shots: int, seed: int
+) -> dict[str, Samples]:
+    """The shots the official X-TAIL code trains on, for the task sequence ``order``.
+
+    The official ``main.py`` seeds ``random`` and ``numpy`` once with the run seed and then draws
+    from those global streams: task t's dataset is built (its draw is kept), and the evaluation after
+    task t builds every dataset of the sequence twice (text prompts, then test loaders), each build
+    drawing again (discarded). CoOp datasets draw with ``random`` (``_coop_draw``); MNIST and
+    CIFAR100 draw with ``numpy`` at their training task only (``_numpy_draw``). Replaying the same
+    calls in the same order gives the same picks for the same split files.
+    """
+    py_rng, np_rng = random.Random(seed), np.random.RandomState(seed)
+    picked: dict[str, Samples] = {}
+    for key in order:
+        if key in NUMPY_SAMPLED:
+            picked[key] = _numpy_draw(np_rng, trains[key], shots)
+        else:
+            picked[key] = _coop_draw(py_rng, trains[key], shots)
+        for _ in range(2):  # evaluation: all prompts, then all test sets
+            for other in order:
+                if other not in NUMPY_SAMPLED:
+                    _coop_draw(py_rng, trains[other], shots)
+    return picked
 
 
 def subsample(samples: Samples, cap: int | None, seed: int) -> Samples:
@@ -91,11 +151,36 @@ class MTILConfig:
         default=None, metadata={"help": "subset of the order's datasets to keep (order kept); null = all"}
     )
     shots: int | None = field(default=None, metadata={"help": "training images per class; null = full data"})
-    split_convention: str = field(default="torchvision", metadata={"help": "torchvision | coop"})
+    split_convention: str = field(
+        default="coop",
+        metadata={
+            "help": "coop: CoOp split_zhou_*.json files, as the official CoDyRA/MoRAM code (MNIST and "
+            "CIFAR100 use torchvision there too) | torchvision: ZSCL's splits (a deviation)"
+        },
+    )
+    prompts: str = field(
+        default="official",
+        metadata={
+            "help": "official: the official code's class names and single template per dataset "
+            "(DTD '{} texture.', EuroSAT names + ' satellite location', MNIST 'number: \"..\"') | "
+            "zscl: ZSCL's names and template lists (a deviation; average them with "
+            "backbone.eval_templates=average)"
+        },
+    )
+    shot_sampling: str = field(
+        default="official",
+        metadata={
+            "help": "official: replay the official code's seeded draws (one random/numpy stream for the "
+            "whole sequence, see official_few_shot) | per_dataset: random.Random(shot_seed) per "
+            "dataset, classes sorted, small classes kept whole (a deviation)"
+        },
+    )
     split_seed: int = field(
         default=42, metadata={"help": "seed of the 80/20 split (Caltech101, EuroSAT, SUN397)"}
     )
-    shot_seed: int | None = field(default=None, metadata={"help": "seed of the N-shot draw; null = run seed"})
+    shot_seed: int | None = field(
+        default=None, metadata={"help": "seed of the N-shot draw; null = run seed (the official code's)"}
+    )
     max_test_per_task: int | None = field(
         default=None,
         metadata={"help": "seeded cap on test images per task for faster evaluation; null = all"},
@@ -124,6 +209,10 @@ class MTILConfig:
             raise ConfigError("scenario.shots", self.shots, "an integer >= 1 or null (full data)")
         if self.split_convention not in CONVENTIONS:
             raise ConfigError("scenario.split_convention", self.split_convention, choices(CONVENTIONS))
+        if self.prompts not in PROMPT_MODES:
+            raise ConfigError("scenario.prompts", self.prompts, choices(PROMPT_MODES))
+        if self.shot_sampling not in SHOT_SAMPLING:
+            raise ConfigError("scenario.shot_sampling", self.shot_sampling, choices(SHOT_SAMPLING))
         if self.max_test_per_task is not None and self.max_test_per_task < 1:
             raise ConfigError("scenario.max_test_per_task", self.max_test_per_task, "an integer >= 1 or null")
 
@@ -142,21 +231,30 @@ class XTAILConfig(MTILConfig):
 
 def _load_tasks(config: MTILConfig, seed: int) -> list[Task]:
     shot_seed = seed if config.shot_seed is None else config.shot_seed
+    keys = config.task_keys()
+    loaded = {
+        key: load_dataset(key, config.root, config.split_convention, config.split_seed, config.prompts)
+        for key in keys
+    }
+    trains = {key: loaded[key][0][1] for key in keys}
+    if config.shots is not None:
+        if config.shot_sampling == "official":
+            trains = official_few_shot(trains, keys, config.shots, shot_seed)
+        else:
+            trains = {key: few_shot(train, config.shots, shot_seed) for key, train in trains.items()}
     tasks = []
-    for key in config.task_keys():
-        spec = SPECS[key]
-        (names, train, test), used = load_dataset(
-            key, config.root, config.split_convention, config.split_seed
-        )
-        if config.shots is not None:
-            train = few_shot(train, config.shots, shot_seed)
+    for key in keys:
+        (names, _, test), used = loaded[key]
+        train = trains[key]
         test = subsample(test, config.max_test_per_task, shot_seed)
         info: dict[str, Any] = {
-            "dataset": spec.title,
+            "dataset": SPECS[key].title,
             "split_convention": used,
             "requested_convention": config.split_convention,
             "split_seed": config.split_seed,
+            "prompts": config.prompts,
             "shots": config.shots,
+            "shot_sampling": config.shot_sampling,
             "shot_seed": shot_seed,
             "root": str(config.root),
             "num_classes": len(names),
@@ -169,7 +267,7 @@ def _load_tasks(config: MTILConfig, seed: int) -> list[Task]:
                 train=_examples(train),
                 test=_examples(test),
                 class_names=names,
-                templates=list(spec.templates),
+                templates=templates_for(key, config.prompts),
                 info=info,
             )
         )

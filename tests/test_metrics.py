@@ -72,3 +72,27 @@ def test_positive_backward_transfer_gives_negative_forgetting():
 def test_malformed_matrix_is_rejected(bad):
     with pytest.raises(ConfigError, match="accuracy_matrix"):
         metrics.summarize(bad)
+
+
+# -- TRACE's BWT (collect_results.py) next to the standard one ---------------------------------------
+def test_bwt_trace_by_hand_on_a_matrix_with_a_gain():
+    # rows after tasks 1..3; task 1 gains (70 -> 75), task 2 drops (90 -> 60), task 3 is the last
+    acc = [[0.0, 0.0, 0.0], [70.0, 10.0, 5.0], [72.0, 90.0, 8.0], [75.0, 60.0, 50.0]]
+    m = metrics.summarize(acc)
+    # standard: ((75 - 70) + (60 - 90)) / 2 = -12.5 ; TRACE: (min(5, 0) + min(-30, 0) + 0) / 3 = -10
+    assert m["bwt"] == pytest.approx(-12.5)
+    assert m["bwt_trace"] == pytest.approx(-10.0)
+    # the gain is clipped: strictly below (T-1)/T * BWT = 2/3 * -12.5
+    assert m["bwt_trace"] < 2.0 / 3.0 * m["bwt"]
+
+
+def test_bwt_trace_equals_scaled_bwt_when_nothing_improves():
+    m = metrics.summarize(MATRIX)  # both earlier tasks drop: 80 -> 60, 90 -> 85
+    assert m["bwt_trace"] == pytest.approx((-20.0 - 5.0 + 0.0) / 3.0)
+    assert m["bwt_trace"] == pytest.approx(2.0 / 3.0 * m["bwt"])
+
+
+def test_bwt_trace_single_task_and_pure_gains_are_zero():
+    assert metrics.summarize([[5.0], [75.0]])["bwt_trace"] == 0.0
+    m = metrics.summarize([[0, 0], [40.0, 0.0], [60.0, 50.0]])
+    assert m["bwt"] == pytest.approx(20.0) and m["bwt_trace"] == 0.0

@@ -10,6 +10,7 @@ import pytest
 from rankwise.errors import DataError
 from rankwise.scoring import (
     SCORERS,
+    _tokenize_13a,
     accuracy,
     edit_similarity,
     exact_match,
@@ -17,7 +18,6 @@ from rankwise.scoring import (
     rouge_l,
     sari,
     sari_sentence,
-    scienceqa_accuracy,
 )
 
 
@@ -107,10 +107,21 @@ def test_sari_needs_sources():
         sari(["a"], ["a"])
 
 
-def test_scienceqa_accuracy_reads_the_answer_letter():
-    preds = ["Because plants need light. Answer: B", "Answer: C", "no answer here"]
-    golds = ["Because light. Answer: B", "Answer: A", "Answer: A"]
-    assert scienceqa_accuracy(preds, golds) == pytest.approx(100 / 3)
+def test_sari_two_references_worked_by_hand():
+    # source "x y", output "x z", references "x z" and "y z" (2 references: source/output counts x2)
+    # 1-grams: kept {x:2}, kept&ref {x:1}, src&ref {x:1, y:1} -> keep P = 1/2, R = 1/2, F = 1/2;
+    #          deleted {y:2}, minus ref {y:1} -> {y:1} -> del P = 1/2; added {z}, all {z} -> add F = 1
+    # 2-grams: nothing kept (0/0 -> P = R = 1, F = 1); "x y" deleted, not in refs -> del P = 1;
+    #          added {"x z"} of ref-only {"x z", "y z"} -> add P = 1, R = 1/2, F = 2/3
+    # 3-, 4-grams: empty -> 1, 1, 1
+    # keep (1/2 + 3)/4 = 7/8, del (1/2 + 3)/4 = 7/8, add (1 + 2/3 + 2)/4 = 11/12 -> (7/8+7/8+11/12)/3 = 8/9
+    assert sari_sentence("x y", "x z", ["x z", "y z"]) == pytest.approx(8 / 9)
+    assert sari(["x z"], [("x y", ["x z", "y z"])]) == pytest.approx(800 / 9)
+
+
+def test_sari_13a_decodes_only_the_four_sacrebleu_entities():
+    # sacreBLEU's 13a replaces &quot; &amp; &lt; &gt; only; html.unescape would also turn &#39; into '
+    assert _tokenize_13a("It&#39;s &amp; &quot;x&quot;") == 'it & # 39 ; s & " x "'
 
 
 @pytest.mark.parametrize("name", sorted(SCORERS))

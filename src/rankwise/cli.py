@@ -2,7 +2,7 @@
 
     rankwise run CONFIG [--set train.lr=1e-4 ...] [--threads N] [--resume RUN_DIR] [--overwrite] [--quiet]
     torchrun --nproc_per_node N -m rankwise.cli run CONFIG ...     (one process per device)
-    rankwise eval RUN_DIR [--tasks NAME ...]
+    rankwise eval RUN_DIR [--tasks NAME ...] [--set method.delta=0.1 ...]
     rankwise report RUN_DIR [RUN_DIR ...] [--out DIR]
     rankwise list
     rankwise data check --scenario NAME --root DIR
@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from rankwise.errors import RankwiseError
 
@@ -49,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a saved run's final checkpoint on chosen tasks")
     ev.add_argument("run_dir")
     ev.add_argument("--tasks", nargs="+", help="task names (default: all)")
+    ev.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="MoRAM inference option: method.top_k, method.tau or method.delta (repeatable)",
+    )
     ev.add_argument("--quiet", action="store_true")
 
     rep = sub.add_parser("report", help="plots and a markdown summary of one or more runs")
@@ -85,6 +94,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _leave_process_group()
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
         return 0
+    if result.already_finished:  # exit 0: resuming a finished run is done, not an error
+        print(
+            f"rankwise run: {result.run_dir} is already finished; nothing to resume "
+            f"(results in {Path(result.run_dir) / 'metrics.json'})",
+            file=sys.stderr,
+        )
+        return 0
     m = result.metrics
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     if not args.quiet:
@@ -120,10 +136,33 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def inference_options(overrides: list[str]) -> dict[str, Any]:
+    """``["method.delta=0", ...]`` -> ``{"delta": 0.0, ...}`` (numbers read as numbers, also ``5e-3``)."""
+    from rankwise.config import apply_override
+    from rankwise.errors import ConfigError
+
+    options: dict[str, Any] = {}
+    for override in overrides:
+        data: dict[str, Any] = {}
+        apply_override(data, override)
+        method = data.get("method")
+        if set(data) != {"method"} or not isinstance(method, dict) or not set(method) <= {"top_k", "tau", "delta"}:
+            raise ConfigError("--set", override, "method.top_k, method.tau or method.delta (MoRAM inference)")
+        for key, value in method.items():
+            if isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+            options[key] = value
+    return options
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from rankwise.engine.continual import evaluate_run
 
-    scores = evaluate_run(args.run_dir, args.tasks, quiet=args.quiet)
+    options = inference_options(args.overrides)
+    scores = evaluate_run(args.run_dir, args.tasks, quiet=args.quiet, inference_options=options)
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
         return 0
     width = max(len(n) for n in scores)
@@ -133,7 +172,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from rankwise.report import write_report
+    from rankwise.report import check_out_dir, write_report
+
+    if args.out:
+        check_out_dir(Path(args.out), "--out")
 
     out = (
         Path(args.out)
@@ -218,6 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rankwise {args.command}: error: {first}", file=sys.stderr)
         if rest:  # e.g. the config diff of a refused resume
             print(rest, file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write the engine did not wrap: disk full, read-only, ...
+        from rankwise.io import storage_error
+
+        error = storage_error(exc, exc.filename or "a file")
+        if error is None:
+            raise
+        print(f"rankwise {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; continue with --resume RUN_DIR", file=sys.stderr)

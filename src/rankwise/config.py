@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,14 @@ from typing import Any
 import yaml
 
 from rankwise import registry
+from rankwise.config_types import build_dataclass, check_size, coerce, coerce_fields, plain, type_name
 from rankwise.errors import ConfigError, choices
+
+__all__ = [
+    "ADAPTER_METHODS", "METHODS", "Component", "EvalConfig", "OutputConfig", "RunConfig", "TrainConfig",
+    "apply_override", "build_dataclass", "coerce", "config_from_dict", "fold_aliases", "load_config",
+    "read_yaml", "resolve_method",
+]  # fmt: skip
 
 METHODS = ("zero-shot", "full", "lora", "codyra", "moram")
 ADAPTER_METHODS = ("lora", "codyra", "moram")
@@ -57,15 +62,15 @@ class TrainConfig:
             raise ConfigError("train.lr", self.lr, "a positive finite number")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError("train.betas", self.betas, "two numbers in [0, 1), e.g. [0.9, 0.999]")
-        if self.weight_decay < 0:
-            raise ConfigError("train.weight_decay", self.weight_decay, "a number >= 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError("train.weight_decay", self.weight_decay, "a finite number >= 0")
         if not 0 <= self.warmup_iterations < self.iterations:
             raise ConfigError(
                 "train.warmup_iterations",
                 self.warmup_iterations,
                 f"an integer in [0, train.iterations={self.iterations})",
             )
-        if self.grad_clip is not None and not self.grad_clip > 0:
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise ConfigError("train.grad_clip", self.grad_clip, "a positive number or null")
 
 
@@ -144,138 +149,10 @@ class RunConfig:
         return Path(self.output.dir) if self.output.dir else Path("runs") / self.name
 
 
-# -- typed construction of dataclasses from plain data -------------------------------------------
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is typing.Literal:
-        return choices(typing.get_args(tp))
-    if typing.get_origin(tp) is not None:
-        return str(tp).replace("typing.", "")
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check `value` against the annotation `tp`; convert where YAML is ambiguous (1e-4 is a string).
-
-    Handles ``Any``, ``bool``/``int``/``float``/``str``, ``Literal[...]``, ``X | None`` /
-    ``Optional`` / ``Union`` (first alternative that fits), ``list[T]``, ``tuple[T, ...]``,
-    ``tuple[A, B]``, ``dict[K, V]`` (bare ``list`` / ``tuple`` / ``dict`` too) and plain classes.
-    """
-    if tp is Any or tp is object:
-        return value
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError as exc:
-                if exc.field != path:  # the value fits this alternative's shape; an item is wrong
-                    raise
-                errors.append(exc.expected)
-        raise ConfigError(path, value, " or ".join(errors + (["null"] if type(None) in args else [])))
-    if origin is typing.Literal:
-        for allowed in args:
-            if value == allowed and type(value) is type(allowed):
-                return allowed
-        raise ConfigError(path, value, choices(args))
-    if tp in (list, tuple, dict, set):
-        origin, args = tp, ()
-    if origin in (list, set):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(path, value, f"a list ({_type_name(tp)})")
-        item = args[0] if args else Any
-        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(path, value, f"a list ({_type_name(tp)})")
-        if not args or (len(args) == 2 and args[1] is Ellipsis):
-            item = args[0] if args else Any
-            return tuple(_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value))
-        if args == ((),):  # tuple[()]
-            args = ()
-        if len(value) != len(args):
-            raise ConfigError(path, value, f"a list of exactly {len(args)} items ({_type_name(tp)})")
-        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict or (origin is not None and isinstance(origin, type) and issubclass(origin, dict)):
-        if not isinstance(value, dict):
-            raise ConfigError(path, value, f"a mapping ({_type_name(tp)})")
-        key_tp, value_tp = args if len(args) == 2 else (Any, Any)
-        out = {}
-        for k, v in value.items():
-            key = _coerce(k, key_tp, f"{path} key {k!r}")
-            out[key] = _coerce(v, value_tp, f"{path}.{k}")
-        return out
-    if origin is not None:  # another generic (e.g. collections.abc.Sequence[int]): check the outer type
-        if isinstance(origin, type) and isinstance(value, origin):
-            return value
-        raise ConfigError(path, value, _type_name(tp))
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(path, value, "null")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(path, value, "true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(path, value, "an integer")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(path, value, "a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(path, value, "a string")
-    if isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        raise ConfigError(path, value, _type_name(tp))
-    raise ConfigError(path, value, f"a value of a type the config reader cannot check ({tp!r})")
-
-
-def _plain(obj: Any) -> Any:
-    """Tuples -> lists, recursively, so that the resolved config is YAML-safe."""
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    return obj
-
-
-def build_dataclass(cls: type, data: Any, path: str) -> Any:
-    """Instantiate dataclass `cls` from a mapping, checking keys and types; errors name `path.key`."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            path, data, f"a mapping with keys {choices(f.name for f in dataclasses.fields(cls))}"
-        )
-    hints = typing.get_type_hints(cls)
-    valid = [f.name for f in dataclasses.fields(cls) if f.init]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in valid:
-            raise ConfigError(f"{path}.{key}", value, f"a known key: {choices(valid)}")
-        kwargs[key] = _coerce(value, hints[key], f"{path}.{key}")
-    try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        if exc.field.startswith(f"{path}."):
-            raise
-        raise ConfigError(f"{path}.{exc.field}", exc.value, exc.expected) from exc
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(path, data, str(exc)) from exc
+# -- typed construction: one pass for every section (rankwise.config_types) ----------------------
+_coerce = coerce  # older names, kept for callers and tests
+_type_name = type_name
+_plain = plain
 
 
 def _component(section: str, data: Any, table: dict[str, registry.Entry] | None) -> Component:
@@ -286,6 +163,9 @@ def _component(section: str, data: Any, table: dict[str, registry.Entry] | None)
         )
     options = {k: v for k, v in data.items() if k != "name"}
     name = data["name"]
+    valid = list(table) if table is not None else list(METHODS)
+    if not isinstance(name, str):  # e.g. [toy]: a list is no name (and cannot be looked up)
+        raise ConfigError(f"{section}.name", name, choices(valid))
     if table is None:
         return _method(name, options)
     entry = registry.lookup(table, name, f"{section}.name")
@@ -310,7 +190,10 @@ def _method(name: Any, options: dict[str, Any]) -> Component:
             )
         return Component(name, {}, None)
     import rankwise
+    from rankwise.adapters.model import CONFIG_CLASSES
 
+    # the same typed pass as every other section: `k_max: 5e-3` (a string to YAML) becomes 0.005
+    options = coerce_fields(CONFIG_CLASSES[name], options, "method")
     try:
         # the preset defaults to the backbone's own; validation only needs *a* target here.
         probe = dict(options)
@@ -402,6 +285,8 @@ def config_from_dict(data: Any) -> RunConfig:
     if not name or "/" in name:
         raise ConfigError("name", name, "a non-empty run name without '/'")
     seed = _coerce(data.get("seed", 0), int, "seed")
+    if not 0 <= seed < 2**63:  # torch, numpy and derived seeds need it to fit a signed 64-bit integer
+        raise ConfigError("seed", seed, "an integer in [0, 2**63 - 1]")
     device = _coerce(data.get("device", "auto"), str, "device")
     if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
         raise ConfigError("device", device, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
@@ -434,6 +319,10 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(key, raw, f"a YAML value ({exc.__class__.__name__})") from exc
+    try:
+        check_size(value, f"--set {key}")
+    except ConfigError as exc:  # name the key being set, not a path inside its value
+        raise ConfigError(key, exc.value, exc.expected) from exc
     if parts[0] in ALIASES and len(parts) > 1:
         if len(parts) == 2:
             _check_alias_key(data, parts[1], value)
@@ -448,13 +337,23 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML config file: UTF-8, valid YAML, a mapping, at most `MAX_CONFIG_VALUES` values."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("config", str(path), "an existing YAML file")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            "config", str(path), f"a UTF-8 text file (byte 0x{raw[exc.start]:02x} at line {line} is not UTF-8)"
+        ) from exc
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError("config", str(path), f"valid YAML ({str(exc).splitlines()[0]})") from exc
+    check_size(data, str(path))
     if not isinstance(data, dict):
         raise ConfigError(
             "config", str(path), "a YAML mapping at the top level, with keys " + choices(TOP_LEVEL)

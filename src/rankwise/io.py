@@ -6,6 +6,7 @@ old file or the new one, never a half-written file that a later run would read.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -16,21 +17,57 @@ from typing import IO, Any
 
 import torch
 
-from rankwise.errors import CheckpointError, DataError
+from rankwise.errors import CheckpointError, DataError, RankwiseError, StorageError
+
+# what the user can do about a failed write, by errno
+STORAGE_ADVICE = {
+    errno.ENOSPC: "no space left on the device: free space there (or choose another output.dir)",
+    errno.EDQUOT: "disk quota exceeded: free space there (or choose another output.dir)",
+    errno.EFBIG: "the file-size limit was reached (ulimit -f): raise it (or choose another output.dir)",
+    errno.EROFS: "read-only file system: choose a writable output.dir",
+    errno.EACCES: "permission denied: choose a writable output.dir",
+    errno.EPERM: "operation not permitted: choose a writable output.dir",
+    errno.ENAMETOOLONG: "file name too long for the file system: choose a shorter output.dir or name",
+}
+
+
+def storage_error(exc: OSError, path: str | os.PathLike[str]) -> StorageError | None:
+    """A one-line StorageError naming `path` and what to free or where to write; None if not a storage fault."""
+    advice = STORAGE_ADVICE.get(exc.errno) if exc.errno is not None else None
+    return None if advice is None else StorageError(f"cannot write {os.fspath(path)}: {advice}")
+
+
+@contextmanager
+def storage_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a disk-full / file-size / read-only OSError raised inside into a StorageError naming `path`."""
+    try:
+        yield
+    except RankwiseError:
+        raise
+    except OSError as exc:
+        error = storage_error(exc, path)
+        if error is None:
+            raise
+        raise error from exc
 
 
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temporary file beside `path`; on success fsync it and rename it over `path`."""
+    """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
+
+    A write that fails for lack of room or permission raises StorageError; the old file is untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with storage_errors(path):
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -77,6 +114,26 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON (truncated or corrupted?): {exc}") from exc
+
+
+def read_jsonl(path: str | os.PathLike[str], limit: int | None = None) -> list[Any]:
+    """The first `limit` records (default: all) of a JSON-lines file; CheckpointError names a bad line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid UTF-8 (corrupted?): {exc}") from exc
+    records = []
+    for number, line in enumerate(lines[:limit] if limit is not None else lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path} line {number} is not valid JSON (corrupted?): {exc}") from exc
+    return records
 
 
 def read_json_list(path: str | os.PathLike[str], what: str = "list") -> list[Any]:

@@ -8,11 +8,16 @@ before any training), row i (1..T) holds the accuracies after training task i. W
   how well a task is solved before it is learned)
 * Average    = mean of all T x T entries
 * Last       = mean_j acc[T, j]
-* BWT        = 1/(T-1) sum_{i<T} (acc[T, i] - acc[i, i])   (negative = forgetting)
+* BWT        = 1/(T-1) sum_{i<T} (acc[T, i] - acc[i, i])   (negative = forgetting; Lopez-Paz &
+  Ranzato 2017, the standard definition)
+* BWT_TRACE  = 1/T sum_{i<=T} min(acc[T, i] - acc[i, i], 0)   (TRACE's ``collect_results.py``: the last
+  task's zero term is counted and gains are clipped to 0, so BWT_TRACE <= (T-1)/T * BWT, with
+  equality iff no task ends above its just-learned score; compare with TRACE-paper numbers)
 * Forgetting = 1/(T-1) sum_{i<T} (max_{l<T} acc[l, i] - acc[T, i])
 * OP         = mean of the final row (TRACE's name for Last)
 
-Metrics that need at least two tasks (Transfer, BWT, Forgetting) are ``None`` for T = 1.
+Metrics that need at least two tasks (Transfer, BWT, Forgetting) are ``None`` for T = 1;
+BWT_TRACE is 0 there.
 """
 
 from __future__ import annotations
@@ -63,6 +68,12 @@ def bwt(acc: np.ndarray) -> float | None:
     return float(np.mean([acc[t - 1, i] - acc[i, i] for i in range(t - 1)]))
 
 
+def bwt_trace(acc: np.ndarray) -> float:
+    """TRACE's backward transfer: ``1/T sum_{i=1..T} min(acc[T, i] - acc[i, i], 0)`` (see the module)."""
+    t = acc.shape[0]
+    return float(np.mean([min(acc[t - 1, i] - acc[i, i], 0.0) for i in range(t)]))
+
+
 def forgetting(acc: np.ndarray) -> float | None:
     """Mean over earlier tasks of (best accuracy before the last task - final accuracy)."""
     t = acc.shape[0]
@@ -81,6 +92,7 @@ def summarize(
         "average": average(acc),
         "last": last(acc),
         "bwt": bwt(acc),
+        "bwt_trace": bwt_trace(acc),
         "forgetting": forgetting(acc),
         "op": last(acc),
     }

@@ -12,16 +12,15 @@ Per run (everything read from its run directory, nothing recomputed from a model
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from rankwise import io
-from rankwise.errors import RankwiseError
+from rankwise.errors import ConfigError, RankwiseError
 
 
 @dataclass
@@ -44,15 +43,17 @@ def read_run(path: str | Path) -> RunRecord:
         raise RankwiseError(
             f"{path} is not a rankwise run directory (needs config.yaml and accuracy_matrix.json)"
         )
-    config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    from rankwise.engine.rundir import read_saved_config
+
+    config = read_saved_config(path)
+    for section in ("method", "backbone", "scenario"):
+        if not isinstance(config.get(section), dict) or "name" not in config[section]:
+            raise ConfigError(f"{section}.name", config.get(section), f"a section with a name (in {path / 'config.yaml'})")
     acc = io.read_json(path / "accuracy_matrix.json")
+    if not isinstance(acc, dict) or not isinstance(acc.get("tasks"), list) or not isinstance(acc.get("matrix"), list):
+        raise RankwiseError(f"{path / 'accuracy_matrix.json'} should hold 'tasks' and 'matrix' lists (corrupted?)")
     metrics = io.read_json(path / "metrics.json") if (path / "metrics.json").is_file() else None
-    events_path = path / "events.jsonl"
-    events = (
-        [json.loads(line) for line in events_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if events_path.is_file()
-        else []
-    )
+    events = io.read_jsonl(path / "events.jsonl")
     t = len(acc["tasks"])
     matrix = np.full((t + 1, t), np.nan)
     for i, row in enumerate(acc["matrix"]):
@@ -204,20 +205,35 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
+def check_out_dir(out: Path, field: str = "out") -> None:
+    """`out` is a folder or can become one: neither it nor a folder above it is a file."""
+    probe = Path(os.path.abspath(out))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is a file" if probe == Path(os.path.abspath(out)) else f"lies under {probe}, a file"
+        raise ConfigError(field, str(out), f"a folder for the report; this {what}")
+
+
 def write_report(run_dirs: list[Path], out: Path) -> list[Path]:
     """Write the plots and report.md for `run_dirs` into `out`; returns the files written."""
+    from rankwise.engine.rundir import path_component
+
     runs = [read_run(d) for d in run_dirs]
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out)
+    with io.storage_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    # run names become file names: a name like '../x' must not lead out of `out`
     stems = [
-        r.name if [x.name for x in runs].count(r.name) == 1 else f"{i + 1}_{r.name}"
+        path_component(str(r.name) if [x.name for x in runs].count(r.name) == 1 else f"{i + 1}_{r.name}", 200)
         for i, r in enumerate(runs)
     ]
     lines = [
         "# rankwise report",
         "",
-        "| run | method | backbone | scenario | tasks | Transfer | Average | Last | BWT | Forgetting |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | method | backbone | scenario | tasks | Transfer | Average | Last | BWT | BWT (TRACE) | Forgetting |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         m = run.metrics or {}
@@ -226,12 +242,13 @@ def write_report(run_dirs: list[Path], out: Path) -> list[Path]:
             f"| {run.name}{status} | {run.method} | {run.config['backbone']['name']} | "
             f"{run.config['scenario']['name']} | {len(run.tasks)} | {_fmt(m.get('transfer'))} | "
             f"{_fmt(m.get('average'))} | {_fmt(m.get('last'))} | {_fmt(m.get('bwt'))} | "
-            f"{_fmt(m.get('forgetting'))} |"
+            f"{_fmt(m.get('bwt_trace'))} | {_fmt(m.get('forgetting'))} |"
         )
     lines += [
         "",
         "Transfer: accuracy on tasks not yet trained (strict upper triangle); Average: all T x T entries;",
-        "Last: after the final task; BWT: final minus just-learned accuracy (negative = forgetting).",
+        "Last: after the final task; BWT: final minus just-learned accuracy (negative = forgetting);",
+        "BWT (TRACE): TRACE's definition, 1/T sum_i min(final - just-learned, 0), for TRACE-paper numbers.",
         "",
     ]
     for stem, run in zip(stems, runs):

@@ -12,18 +12,21 @@ Generation metrics (TRACE):
 * ``sari``: SARI (Xu et al., 2016) as in Hugging Face ``evaluate``/tensor2tensor: the mean over
   1..4-grams of keep F1, deletion precision and addition F1, averaged over sentences; needs the
   source, so its targets are ``(source, reference)`` or ``(source, [references...])`` pairs.
-* ``scienceqa_accuracy``: TRACE's ScienceQA rule: the one character after ``"Answer: "`` must match.
+
+TRACE's official rules (the prefix-rule exact match, option letters, ScienceQA, the NumGLUE number
+parser, the ``rouge`` package's ROUGE-L, Py150 placeholders + ``fuzz.ratio``) live in
+`rankwise.trace_scoring` and are registered here under their names (``trace_accuracy``, ...).
 """
 
 from __future__ import annotations
 
-import html
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from rankwise.errors import DataError
+from rankwise.trace_scoring import TRACE_SCORERS, scienceqa_accuracy  # noqa: F401  (public name)
 
 
 def _check(predictions: Sequence[Any], targets: Sequence[Any]) -> None:
@@ -109,8 +112,9 @@ def edit_similarity(predictions: Sequence[str], targets: Sequence[str]) -> float
 def _tokenize_13a(text: str) -> str:
     """sacreBLEU's ``13a`` (mteval-v13a) tokenization, lower-cased, as HF's SARI normalises."""
     text = text.lower().replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
-    if "&" in text:
-        text = html.unescape(text)
+    if "&" in text:  # these four entities only (not html.unescape: "&#39;" stays as it is)
+        for entity, char in (("&quot;", '"'), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")):
+            text = text.replace(entity, char)
     text = re.sub(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])", r" \1 ", f" {text} ")
     text = re.sub(r"([^0-9])([\.,])", r"\1 \2 ", text)
     text = re.sub(r"([\.,])([^0-9])", r" \1 \2", text)
@@ -177,29 +181,11 @@ def sari(predictions: Sequence[str], targets: Sequence[Any]) -> float:
     return 100.0 * total / len(targets)
 
 
-# --------------------------------------------------------------------------- TRACE ScienceQA
-
-
-def _scienceqa_answer(text: str) -> str:
-    at = text.find("Answer: ")
-    return "" if at == -1 else text[at + 8 : at + 9]
-
-
-def scienceqa_accuracy(predictions: Sequence[str], targets: Sequence[str]) -> float:
-    """Percentage whose option letter (the character after ``"Answer: "``) matches; missing = wrong."""
-    _check(predictions, targets)
-    hits = 0
-    for p, t in zip(predictions, targets):
-        gold = _scienceqa_answer(str(t))
-        hits += bool(gold) and _scienceqa_answer(str(p)) == gold
-    return 100.0 * hits / len(targets)
-
-
 SCORERS: dict[str, Callable[[Sequence[Any], Sequence[Any]], float]] = {
     "accuracy": accuracy,
     "exact_match": exact_match,
     "rouge_l": rouge_l,
     "edit_similarity": edit_similarity,
     "sari": sari,
-    "scienceqa_accuracy": scienceqa_accuracy,
 }
+SCORERS.update(TRACE_SCORERS)

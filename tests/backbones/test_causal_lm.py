@@ -224,3 +224,104 @@ def test_smollm2_gguf_loads_and_answers():
     assert "paris" in bb.predict(bb.collate([ex], t, False), t)[0].lower()
     loss = bb.loss(bb.collate([ex], t, True), t)
     assert 0 < loss.item() < 5
+
+
+# -- TRACE's official prompt format (prompt_format: trace) -------------------------------------------
+def trace_cfg(folder, **kw) -> CausalLMConfig:
+    return CausalLMConfig(path=str(folder), prompt_format="trace", **kw)
+
+
+def ids_of(bb, text):
+    return bb.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_trace_format_is_raw_prompt_plus_answer_plus_eos_without_chat_template(chat_dir):
+    # the tokenizer has a chat template: 'auto' would use it in split format, never in trace format
+    bb = build_backbone(trace_cfg(chat_dir, max_prompt_length=32, max_answer_length=8), "cpu")
+    assert not bb.use_chat_template
+    ex = G("what is the color of the sky\n", "blue green")
+    context, label = bb.encode(ex, None, "t")
+    # BOS + tok(prompt + answer) as one string + EOS; loss on len(tok(answer)) + 1 = 3 tokens
+    assert context + label == [1] + ids_of(bb, ex.prompt + ex.answer) + [2]
+    assert label == ids_of(bb, "blue green") + [2]
+    ids = bb.tokenizer.convert_tokens_to_ids
+    assert ids("user") not in context + label and ids("assistant") not in context + label
+    # evaluation: BOS + the raw prompt only
+    assert bb.encode(ex, 6, "t") == ([1] + ids_of(bb, ex.prompt), [])
+    batch = bb.collate([ex], Task("t", [ex], [ex], max_new_tokens=6), train=True)
+    assert batch.labels[0, -3:].tolist() == label and (batch.labels[0, :-3] == -100).all()
+    # split format on the same tokenizer wraps the prompt in the template instead
+    split = build_backbone(CausalLMConfig(path=str(chat_dir)), "cpu")
+    assert ids("assistant") in split.encode(ex)[0]
+
+
+def test_trace_format_truncation_and_label_count_follow_the_official_collator(tiny_dir):
+    bb = build_backbone(trace_cfg(tiny_dir, max_prompt_length=4, max_answer_length=2), "cpu")
+    ex = G("the dog sat on the big mat what is the color of the mat the dog sat on ", "red")
+    joint = ids_of(bb, ex.prompt + ex.answer)
+    # limit 4 + 2 = 6: the joint text is cut from the left to 6 tokens, leaving no room for EOS or
+    # BOS; the loss still covers the last len(tok("red")) + 1 = 2 tokens (the official label mask)
+    context, label = bb.encode(ex, None, "t")
+    assert context + label == joint[-6:] and label == joint[-2:]
+    # evaluation: prompt cut from the left to 4 tokens, BOS only while shorter than 4
+    assert bb.encode(ex, 2, "t") == (ids_of(bb, ex.prompt)[-4:], [])
+    assert bb.encode(G("is it ", "no"), 2, "t") == ([1] + ids_of(bb, "is it"), [])
+
+
+def test_trace_format_keeps_the_prompt_start_of_long_prompt_tasks(tiny_dir):
+    cfg = trace_cfg(
+        tiny_dir,
+        max_prompt_length=3,
+        max_answer_length=2,
+        task_max_prompt_length={"MeetingBank": 4},
+        keep_prompt_start=["MeetingBank"],
+    )
+    bb = build_backbone(cfg, "cpu")
+    ex = G("the dog sat on the big mat", "red")
+    prompt = ids_of(bb, ex.prompt)
+    # evaluation: 4 tokens for MeetingBank, cut on the right (start kept); other tasks: last 3
+    assert bb.encode(ex, 2, "MeetingBank") == (prompt[:4], [])
+    assert bb.encode(ex, 2, "other") == (prompt[-3:], [])
+    # training, limit 4 + 2 = 6: answer + EOS (2), BOS, then the first 6 - 1 - 2 = 3 prompt tokens
+    assert bb.encode(ex, None, "MeetingBank") == ([1] + prompt[:3], ids_of(bb, "red") + [2])
+
+
+def test_decoding_options_reach_generate(tiny_dir, monkeypatch):
+    cfg = trace_cfg(tiny_dir, repetition_penalty=1.2, no_repeat_ngram_size=3, strip_predictions=False)
+    bb = build_backbone(cfg, "cpu")
+    seen = {}
+    original = bb.model.generate
+
+    def spy(*args, generation_config, **kw):
+        seen["gen"] = generation_config
+        return original(*args, generation_config=generation_config, **kw)
+
+    monkeypatch.setattr(bb.model, "generate", spy)
+    t = task(new=5)
+    out = bb.predict(bb.collate(EXAMPLES[:2], t, False), t)
+    g = seen["gen"]
+    assert (g.do_sample, g.repetition_penalty, g.no_repeat_ngram_size, g.max_new_tokens) == (False, 1.2, 3, 5)
+    assert len(out) == 2
+    sampled = build_backbone(trace_cfg(tiny_dir, do_sample=True, temperature=0.5, top_p=0.9), "cpu")
+    monkeypatch.setattr(sampled.model, "generate", spy)
+    sampled.predict(sampled.collate(EXAMPLES[:1], t, False), t)
+    assert (seen["gen"].do_sample, seen["gen"].temperature, seen["gen"].top_p) == (True, 0.5, 0.9)
+
+
+def test_trace_format_config_errors(tiny_dir):
+    with pytest.raises(ConfigError, match="backbone.prompt_format"):
+        CausalLMConfig(prompt_format="alpaca")
+    with pytest.raises(ConfigError, match="backbone.chat_template"):
+        CausalLMConfig(prompt_format="trace", chat_template="on")
+    with pytest.raises(ConfigError, match="backbone.prompt_format"):
+        CausalLMConfig(max_prompt_length=1024)  # trace-only option under the split format
+    with pytest.raises(ConfigError, match="backbone.task_max_prompt_length.MeetingBank"):
+        CausalLMConfig(prompt_format="trace", task_max_prompt_length={"MeetingBank": 0})
+    with pytest.raises(ConfigError, match="backbone.keep_prompt_start"):
+        CausalLMConfig(prompt_format="trace", keep_prompt_start="MeetingBank")
+    with pytest.raises(ConfigError, match="backbone.no_repeat_ngram_size"):
+        CausalLMConfig(no_repeat_ngram_size=-1)
+    with pytest.raises(ConfigError, match="backbone.top_p"):
+        CausalLMConfig(top_p=0.0)
+    with pytest.raises(ConfigError, match="backbone.temperature"):
+        CausalLMConfig(temperature=0)

@@ -96,7 +96,7 @@ def task_of(images, labels, names=("cat", "dog", "car")) -> Task:
 
 
 # --- the loss ---------------------------------------------------------------------------------------
-def test_clip_loss_matches_hand_computation() -> None:
+def test_clip_loss_per_class_present_matches_hand_computation() -> None:
     torch.manual_seed(0)
     logits = torch.randn(5, 4) * 3
     labels = torch.tensor([2, 0, 2, 3, 2])
@@ -110,13 +110,98 @@ def test_clip_loss_matches_hand_computation() -> None:
         mine = [i for i in range(5) if labels[i] == c]
         t2i += sum(-(col[i] - lse) for i in mine) / len(mine)
     t2i /= len(present)
-    assert clip_loss(logits, labels, 1.0).item() == pytest.approx(i2t + t2i, rel=1e-5)
-    assert clip_loss(logits, labels, 0.5).item() == pytest.approx(i2t + 0.5 * t2i, rel=1e-5)
-    assert clip_loss(logits, labels, 0.0).item() == pytest.approx(i2t, rel=1e-5)
+    form = "per_class_present"
+    assert clip_loss(logits, labels, 1.0, form).item() == pytest.approx(i2t + t2i, rel=1e-5)
+    assert clip_loss(logits, labels, 0.5, form).item() == pytest.approx(i2t + 0.5 * t2i, rel=1e-5)
+    assert clip_loss(logits, labels, 0.0, form).item() == pytest.approx(i2t, rel=1e-5)
+    # the earlier form does not depend on the seen classes
+    assert clip_loss(logits, labels, 1.0, form, num_seen=50).item() == pytest.approx(i2t + t2i, rel=1e-5)
     # one image per class: exactly CLIP's symmetric terms over the batch
     sq, diag = torch.randn(3, 3), torch.arange(3)
     ref = F.cross_entropy(sq, diag) + F.cross_entropy(sq.t(), diag)
-    assert clip_loss(sq, diag).item() == pytest.approx(ref.item(), rel=1e-5)
+    assert clip_loss(sq, diag, t2i_loss=form).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def official_loss_by_loops(logits: list[list[float]], labels: list[int], seen: int, weight: float) -> float:
+    """The official MoRAM / CoDyRA loss written out with Python floats: rows of S seen prompts (masked
+    to -inf for image->text, no image of theirs in the batch) + C current prompts; text->image is a
+    cross-entropy of each prompt's scores over the batch against the unnormalised multi-hot
+    mask[c, i] = 1[label_i = c], averaged over all S + C prompts."""
+    n, c = len(labels), len(logits[0])
+    i2t = 0.0
+    for i, y in enumerate(labels):
+        row = [float("-inf")] * seen + logits[i]  # seen columns masked
+        lse = math.log(sum(math.exp(v) for v in row if v != float("-inf")))
+        i2t += -(row[seen + y] - lse)
+    i2t /= n
+    t2i = 0.0
+    for k in range(seen + c):
+        if k < seen:
+            continue  # a seen prompt: its mask row is all zero, so its cross-entropy is exactly 0
+        col = [logits[i][k - seen] for i in range(n)]
+        lse = math.log(sum(math.exp(v) for v in col))
+        t2i += sum(-(col[i] - lse) for i in range(n) if labels[i] == k - seen)
+    return i2t + weight * t2i / (seen + c)
+
+
+@pytest.mark.parametrize("seen", [0, 7])
+@pytest.mark.parametrize("weight", [1.0, 0.25, 0.0])
+def test_clip_loss_official_matches_hand_loops(seen: int, weight: float) -> None:
+    torch.manual_seed(3)
+    logits = torch.randn(6, 4, dtype=torch.float64) * 4
+    labels = torch.tensor([2, 0, 2, 2, 3, 0])  # class 1 absent, class 2 has three images
+    expected = official_loss_by_loops(logits.tolist(), labels.tolist(), seen, weight)
+    got = clip_loss(logits, labels, weight, "official", num_seen=seen).item()
+    assert got == pytest.approx(expected, rel=1e-12)
+    if weight and seen:  # the seen prompts change the mean, not the sum
+        assert got != pytest.approx(clip_loss(logits, labels, weight, "official").item(), rel=1e-6)
+    # the default form is the official one
+    assert clip_loss(logits, labels, weight, num_seen=seen).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_clip_loss_official_equals_the_full_seen_plus_current_computation() -> None:
+    """The official steps with real seen prompts (normalised features, -inf masking over all S + C
+    prompts, probability-target cross-entropy) give our loss over the C current classes, values
+    and gradients: the seen prompts only count in the mean."""
+    torch.manual_seed(4)
+    S, C, N, D, scale = 5, 3, 7, 8, 100.0
+    image = F.normalize(torch.randn(N, D, dtype=torch.float64), dim=-1).requires_grad_()
+    seen_text = F.normalize(torch.randn(S, D, dtype=torch.float64), dim=-1)
+    text = F.normalize(torch.randn(C, D, dtype=torch.float64), dim=-1).requires_grad_()
+    labels = torch.tensor([0, 2, 2, 1, 0, 2, 2])
+    full = torch.cat([seen_text, text])
+    logits_full = scale * image @ full.t()
+    logits_full = torch.cat([torch.full_like(logits_full[:, :S], float("-inf")), logits_full[:, S:]], 1)
+    shifted = labels + S
+    mask = (shifted[:, None] == torch.arange(S + C)[None, :]).double().t()  # (S + C, N)
+    ref = F.cross_entropy(logits_full, shifted) + F.cross_entropy(scale * full @ image.t(), mask)
+    ref_grads = torch.autograd.grad(ref, (image, text))
+    ours = clip_loss(scale * image @ text.t(), labels, 1.0, "official", num_seen=S)
+    grads = torch.autograd.grad(ours, (image, text))
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+def test_clip_loss_magnitude_on_the_last_xtail_task() -> None:
+    """Issue 10's numbers: random features, 1,100 X-TAIL classes (S = 703 seen, C = 397 SUN397 classes),
+    batch 64, scale 100: the official term is about 0.6, the per-class-present one about 11 (17x)."""
+    gen = torch.Generator().manual_seed(0)
+    S, C, N, D = 703, 397, 64, 512
+    image = F.normalize(torch.randn(N, D, generator=gen), dim=-1)
+    text = F.normalize(torch.randn(C, D, generator=gen), dim=-1)
+    labels = torch.randint(0, C, (N,), generator=gen)
+    logits = 100.0 * image @ text.t()
+    i2t = F.cross_entropy(logits, labels).item()
+    official = clip_loss(logits, labels, 1.0, "official", S).item() - i2t
+    ours = clip_loss(logits, labels, 1.0, "per_class_present", S).item() - i2t
+    assert 0.5 < official < 0.8 and 9.0 < ours < 13.0
+    assert 14 < ours / official < 20
+
+
+def test_clip_loss_rejects_unknown_form() -> None:
+    with pytest.raises(ConfigError, match="backbone.t2i_loss"):
+        clip_loss(torch.zeros(2, 2), torch.tensor([0, 1]), 1.0, "mean_over_present")
 
 
 def test_open_clip_loss_uses_first_template_and_logit_scale() -> None:
@@ -139,6 +224,37 @@ def test_open_clip_loss_uses_first_template_and_logit_scale() -> None:
     # X-TAIL: targets live in the union label space (task labels + offset)
     task.eval_class_names, task.label_offset = ["x", "y", "cat", "dog", "car"], 2
     assert backbone.targets(backbone.collate(task.test, task, train=False)) == [2, 3, 3, 4]
+
+
+def test_backbone_loss_counts_the_seen_classes_and_takes_the_form_from_config() -> None:
+    """Task t's text->image mean runs over S + C prompts, S = classes of tasks 1..t-1: the scenario's
+    ``info["seen_class_count"]`` (MTIL), else the union offset (X-TAIL); the form comes from config."""
+    torch.manual_seed(0)
+    backbone = build_open_clip(OpenClipConfig(model_config=TINY_OPEN_CLIP), "cpu")
+    task = task_of(rgb(4), [0, 1, 1, 2])
+    batch = backbone.collate(task.train, task, train=True)
+    with torch.no_grad():
+        image = backbone.encode_images(batch.pixels)
+        text = backbone.encode_texts([f"a photo of a {c}." for c in task.class_names])
+        logits = backbone.logit_scale().exp() * image @ text.t()
+        assert backbone.loss(batch, task).item() == pytest.approx(
+            clip_loss(logits, batch.labels, num_seen=0).item(), rel=1e-5
+        )
+        task.eval_class_names, task.label_offset = ["x"] * 10 + list(task.class_names), 10
+        assert backbone.loss(batch, task).item() == pytest.approx(
+            clip_loss(logits, batch.labels, num_seen=10).item(), rel=1e-5
+        )
+        task.info["seen_class_count"] = 37  # recorded by the scenario: wins over the offset
+        assert backbone.loss(batch, task).item() == pytest.approx(
+            clip_loss(logits, batch.labels, num_seen=37).item(), rel=1e-5
+        )
+        backbone.t2i_loss = "per_class_present"
+        assert backbone.loss(batch, task).item() == pytest.approx(
+            clip_loss(logits, batch.labels, t2i_loss="per_class_present").item(), rel=1e-5
+        )
+    built = build_open_clip(OpenClipConfig(model_config=TINY_OPEN_CLIP, t2i_loss="per_class_present"), "cpu")
+    assert built.t2i_loss == "per_class_present"
+    assert OpenClipConfig().t2i_loss == "official"
 
 
 # --- evaluation: union label space, templates, cache -------------------------------------------------
@@ -284,6 +400,8 @@ def test_config_errors(tmp_path: Path) -> None:
         OpenClipConfig(model_config=str(tmp_path / "none.json"))
     with pytest.raises(ConfigError, match="backbone.t2i_weight"):
         OpenClipConfig(t2i_weight=-1)
+    with pytest.raises(ConfigError, match="backbone.t2i_loss.*'official'"):
+        OpenClipConfig(t2i_loss="mean")
     with pytest.raises(ConfigError, match="backbone.pretrained"):
         build_open_clip(OpenClipConfig(pretrained=str(tmp_path / "missing.pt")))
     with pytest.raises(ConfigError, match="backbone.architecture"):
@@ -308,3 +426,28 @@ def test_vit_b16_shapes_with_codyra_forward_backward() -> None:
     batch = ClipBatch(torch.randn(2, 3, 224, 224), torch.tensor([0, 1]), [0, 1])
     backbone.loss(batch, task).backward()
     assert all(p.grad is not None for p in params)
+
+
+def test_seen_classes_at_task_t_are_the_earlier_tasks_classes(tmp_path: Path) -> None:
+    """Official: after each task its template[0] prompts join `seen_classes` (a list, in task order), so
+    at task t the loss sees S = sum of the class counts of tasks 1..t-1, for MTIL and X-TAIL alike."""
+    import importlib.util
+
+    from rankwise.backbones.clip import seen_class_count
+    from rankwise.scenarios.mtil import MTILConfig, XTAILConfig, build_mtil, build_xtail
+
+    spec = importlib.util.spec_from_file_location(
+        "mtil_fixtures_for_clip", Path(__file__).resolve().parents[1] / "scenarios" / "test_mtil.py"
+    )
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    fixtures.make_aircraft(tmp_path, "fgvc-aircraft-2013b/data")
+    fixtures.make_dtd_torchvision(tmp_path)
+    fixtures.make_eurosat_torchvision(tmp_path)
+    common = dict(root=str(tmp_path), datasets=["aircraft", "dtd", "eurosat"], split_convention="torchvision")
+    mtil = build_mtil(MTILConfig(**common, shots=2), seed=0)
+    xtail = build_xtail(XTAILConfig(**common, shots=2), seed=0)
+    sizes = [len(t.class_names) for t in mtil]
+    expected = [0, sizes[0], sizes[0] + sizes[1]]
+    assert [seen_class_count(t) for t in mtil] == expected
+    assert [seen_class_count(t) for t in xtail] == expected == [t.label_offset for t in xtail]

@@ -58,3 +58,48 @@ def assert_one_line_error(result: CliResult, *needles: str, code: int = 2) -> st
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def run_main(*args: str, cwd: str | os.PathLike[str] | None = None) -> CliResult:
+    """``rankwise.cli.main(ARGS)`` in this process (no interpreter start-up: fast catalog cases).
+
+    An exception that escapes ``main`` is returned as a traceback on stderr with exit code 1, the way
+    the command line would show it, so a case can tell a clean refusal from a crash.
+    """
+    import contextlib
+    import io as _io
+    import traceback
+
+    from rankwise import cli
+
+    out, err = _io.StringIO(), _io.StringIO()
+    old = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except Exception:  # noqa: BLE001 - the catalog records what escaped
+                traceback.print_exc(file=err)
+                code = 1
+    finally:
+        os.chdir(old)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def outcome(result: CliResult, before: dict[str, str], after: dict[str, str], code: int = 2,
+            needles: tuple[str, ...] = ()) -> str:
+    """The catalog category of a case: clean / data lost / traceback / accepted / unclear."""
+    if any(after.get(k) != v for k, v in before.items()):  # a file changed or vanished (new ones are fine)
+        return "data lost"
+    if "Traceback" in result.stderr:
+        return "traceback"
+    if result.returncode == 0 and code != 0:
+        return "accepted"
+    lines = result.error_lines
+    if result.returncode != code or len(lines) != 1 or not all(n in lines[0] for n in needles):
+        return "unclear"
+    return "clean"

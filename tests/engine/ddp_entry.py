@@ -6,15 +6,17 @@ It runs the real ``rankwise`` CLI in each process, with test-only hooks chosen b
   cross-entropy (its class->input contrastive term couples the examples of a batch, so a sharded
   batch would be a different objective; a per-example mean is what data parallelism reproduces).
 * ``RANKWISE_TEST_AUDIT=DIR``: every rank except 0 records each file-system write it makes under
-  ``DIR`` (via ``sys.addaudithook``: opens for writing, mkdir, rename, remove, rmtree) and dumps the
-  list to ``DIR/audit.rank<r>.json`` at exit.
+  ``DIR`` (via ``sys.addaudithook``: opens for writing, mkdir, rename, remove, rmtree) in
+  ``DIR/audit.rank<r>.jsonl``, one ``[event, path]`` line appended the moment it happens. The file
+  is created before the rank does anything else, so it exists and is complete however the rank
+  ends: when rank 0 is killed, torchrun stops the others with SIGTERM, whose default action skips
+  exit handlers (an audit written at exit was there or not depending on which came first).
 * ``RANKWISE_TEST_KILL_AT=N``: rank 0 dies (``os._exit``, no cleanup) at its N-th call of
   ``checkpoint.write_state``, i.e. with a snapshot written but not yet committed.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import sys
@@ -34,8 +36,8 @@ def _per_example_loss() -> None:
 
 def _audit(root: str, rank: int) -> None:
     root = os.path.realpath(root)
-    writes: list[list[str]] = []
-    state = {"on": True}
+    # opened before the hook exists, so it is not itself recorded; os.write raises no audit event
+    log = os.open(os.path.join(root, f"audit.rank{rank}.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
     def under(path) -> str | None:
@@ -44,28 +46,22 @@ def _audit(root: str, rank: int) -> None:
         full = os.path.realpath(os.fsdecode(path))
         return full if full.startswith(root) else None
 
+    def record(event: str, path: str) -> None:
+        os.write(log, (json.dumps([event, path]) + "\n").encode())  # one write() per event: whole lines
+
     def hook(event: str, args: tuple) -> None:
-        if not state["on"]:
-            return
         if event == "open":
             path, mode, flags = args
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and flags & write_flags
             )
             if writing and (p := under(path)):
-                writes.append([event, p])
+                record(event, p)
         elif event in ("os.mkdir", "os.remove", "os.rmdir", "os.rename", "shutil.rmtree", "os.truncate"):
             if args and (p := under(args[0])):
-                writes.append([event, p])
+                record(event, p)
 
     sys.addaudithook(hook)
-
-    def dump() -> None:
-        state["on"] = False
-        with open(os.path.join(root, f"audit.rank{rank}.json"), "w") as handle:
-            json.dump(writes, handle)
-
-    atexit.register(dump)
 
 
 def _kill_at(n: int) -> None:

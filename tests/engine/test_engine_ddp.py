@@ -56,9 +56,10 @@ def _torchrun(tmp_path, run_dir, *extra, kill_at=None):
 
 
 def _audits(tmp_path) -> list:
-    path = tmp_path / "audit.rank1.json"
+    """The writes rank 1 made (ddp_entry.py appends each one as it happens, so a SIGTERM loses none)."""
+    path = tmp_path / "audit.rank1.jsonl"
     assert path.is_file(), "rank 1 did not run with the write audit"
-    writes = json.loads(path.read_text())
+    writes = [json.loads(line) for line in path.read_text().splitlines()]
     path.unlink()
     return writes
 

@@ -175,3 +175,70 @@ def test_crash_and_resume_is_exact_for_other_methods(tmp_path, monkeypatch, meth
     assert ckpt.read_state(run_dir / "state")["iteration"] == 4
     result = run_experiment(config(), run_dir, resume=True, quiet=True)
     np.testing.assert_array_equal(result.accuracy_matrix, reference.accuracy_matrix)
+
+
+# -- the two crash windows of issue 17: a real process dies (os._exit, no cleanup) at the exact write --
+_DIE_AT = """
+import os, sys
+real = os.replace
+def replace(src, dst, *a, **k):
+    target = os.fspath(dst)
+    if target.endswith(os.sep + {before!r}):
+        os._exit(9)  # killed before this file's temp is renamed
+    real(src, dst, *a, **k)
+    if target.endswith(os.sep + {after!r}) and {condition}:
+        os._exit(9)  # killed right after this rename
+os.replace = replace
+from rankwise.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+SHORT = ["train.iterations=6", "scenario.num_tasks=2"]  # a smaller run still: only the windows matter
+SHORT_ARGS = [a for o in SHORT for a in ("--set", o)]
+
+
+def _die_at(tmp_path, run_dir, before="", after="", condition="True"):
+    script = tmp_path / "die.py"
+    script.write_text(_DIE_AT.format(before=before or "\0", after=after or "\0", condition=condition))
+    cmd, env = _cli(run_dir, *SHORT_ARGS)
+    proc = subprocess.run([sys.executable, str(script), *cmd[3:]], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == 9, proc.stderr.decode()[-2000:]
+
+
+def _uninterrupted(tmp_path):
+    return run_experiment(_short_config(), tmp_path / "full", quiet=True)
+
+
+def _short_config():
+    return load_config(REPO / "configs" / "toy_codyra.yaml", OVERRIDES + SHORT)
+
+
+def test_kill_before_config_yaml_is_renamed_leaves_a_folder_a_plain_run_reuses(tmp_path):
+    run_dir = tmp_path / "run"
+    _die_at(tmp_path, run_dir, before="config.yaml")
+    assert [p.name for p in run_dir.glob(".config.yaml.*.tmp")], "the temp file a kill leaves"
+    cmd, env = _cli(run_dir, *SHORT_ARGS)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr  # no --overwrite needed: only our leftovers were there
+    assert "stale lock" in out.stderr  # the dead process's lock, taken over
+    assert json.loads((run_dir / "accuracy_matrix.json").read_text())["matrix"] == (
+        _uninterrupted(tmp_path).accuracy_matrix.tolist()
+    )
+    assert not list(run_dir.glob("*.tmp")) and not (run_dir / ".rankwise.lock").exists()
+
+
+def test_kill_right_after_the_final_commit_leaves_a_complete_run(tmp_path):
+    run_dir = tmp_path / "run"
+    finished = "__import__('json').load(open(target))['finished']"
+    _die_at(tmp_path, run_dir, after="state.json", condition=finished)
+    assert json.loads((run_dir / "state" / "state.json").read_text())["finished"]
+    full = _uninterrupted(tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())  # written before the commit
+    assert {k: metrics[k] for k in full.metrics} == full.metrics
+    cmd, env = _cli(run_dir, *SHORT_ARGS, "--resume", str(run_dir))
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout == "", out
+    assert "already finished" in out.stderr and "Traceback" not in out.stderr
+    result = run_experiment(_short_config(), run_dir, resume=True, quiet=True)
+    assert result.already_finished and result.accuracy_matrix.tolist() == full.accuracy_matrix.tolist()

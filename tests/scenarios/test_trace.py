@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from rankwise.config import load_config
 from rankwise.errors import ConfigError, DataError
-from rankwise.scenarios.trace import TraceConfig, build_scenario, shared_text_prompt
+from rankwise.scenarios.trace import TRACE_EPOCHS, TraceConfig, build_scenario, shared_text_prompt
+from rankwise.scoring import SCORERS
 from rankwise.tasks import GenerationExample
 
+REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
@@ -35,7 +38,7 @@ def root(tmp_path):
 def test_folder_stream_order_metrics_and_fallback(root):
     tasks = build_scenario(TraceConfig(root=str(root), tasks=["Py150", "mine", "FOMC"]), seed=0)
     assert [t.name for t in tasks] == ["Py150", "mine", "FOMC"]
-    assert [t.metric for t in tasks] == ["edit_similarity", "exact_match", "exact_match"]
+    assert [t.metric for t in tasks] == ["py150_similarity", "exact_match", "trace_choice_accuracy"]
     assert [t.max_new_tokens for t in tasks] == [64, 64, 8]
     py, mine, fomc = tasks
     assert py.info["test_split"] == "eval" and mine.info["test_split"] == "test"
@@ -156,3 +159,132 @@ def test_shared_text_prompt_template():
         "What type of thing does this question ask for? Answer with one of: person, number.\n"
         "Question: Who was Galileo ?\nAnswer:"
     )
+
+
+# -- the official TRACE protocol: official-format data, official scorers, the official-runner preset ----
+# one example per task in the official LLM-CL-Benchmark format (written for these tests)
+OFFICIAL = {
+    "C-STANCE": (
+        "判断以下文本对指定对象的态度，选择一项：A.支持，B.反对，C.中立。输出A，B或者C。\n文本：\n好\n态度：",
+        "A",
+    ),
+    "FOMC": (
+        "What is the monetary policy stance for the following text? A. dovish, B. hawkish, "
+        "C. neutral. Choose one from A, B and C.\nText:\nRates stay low.\nStance:",
+        "A",
+    ),
+    "MeetingBank": (
+        "Write a summary of the following meeting transcripts.\nMeeting transcripts:\n"
+        "Council votes on the bill.\nSummary:",
+        "AN ORDINANCE relating to fees.",
+    ),
+    "Py150": ("<s> import os <EOL> x = <NUM_LIT:1> <EOL>", "return x + <NUM_LIT:200>"),
+    "ScienceQA": (
+        "Choose an answer for the following question and give your reasons.\n\nQuestion:\n"
+        "Which is a solid?\n\nChoices:\nA. milk\nB. rock\n\nAnswer:",
+        "B\nA solid has a shape of its own.",
+    ),
+    "NumGLUE-cm": (
+        "Solve the following math problem.\nQuestion:\nHow many eyes do 3 frogs have?\nAnswer:",
+        "6",
+    ),
+    "NumGLUE-ds": ("Solve the following math problem.\nQuestion:\nHalf of 27?\nAnswer:", "13.5"),
+    "20Minuten": (
+        "Provide a simplified version of the following paragraph in German.\n\nParagraph:\n"
+        "Der Rat hat heute entschieden.\n\nSimplified version:",
+        "Der Rat entschied.",
+    ),
+}
+
+
+def write_official(root: Path, n_train: int = 3, n_test: int = 2) -> None:
+    for task, (prompt, answer) in OFFICIAL.items():
+        item = {"prompt": prompt, "answer": answer}
+        write_task(root, task, {"train": [item] * n_train, "test": [item] * n_test, "eval": [item]})
+
+
+def test_official_format_gold_answers_score_full_marks(tmp_path):
+    write_official(tmp_path)
+    tasks = build_scenario(TraceConfig(root=str(tmp_path), tasks=list(OFFICIAL)), seed=0)
+    for t in tasks:
+        golds = [ex.answer for ex in t.test]
+        if t.metric == "sari":
+            targets = [(ex.prompt, ex.answer) for ex in t.test]
+            assert 0.0 < SCORERS["sari"](golds, targets) <= 100.0
+            continue
+        # MeetingBank: the official ROUGE call appends "\n" to a prediction without one, which after
+        # the "." split adds an empty word: n = 6 distinct words vs m = 5 -> F = 2 (5/6) / (11/6) = 10/11
+        full = 1000 / 11 if t.name == "MeetingBank" else 100.0
+        assert SCORERS[t.metric](golds, golds) == pytest.approx(full, abs=1e-5), t.name
+    scienceqa = next(t for t in tasks if t.name == "ScienceQA")
+    assert (
+        SCORERS[scienceqa.metric](
+            ["B\nBecause rocks keep their shape."] * 2, [ex.answer for ex in scienceqa.test]
+        )
+        == 100.0
+    )
+
+
+def test_epochs_become_iterations_per_task(tmp_path):
+    write_official(tmp_path, n_train=50)
+    cfg = TraceConfig(
+        root=str(tmp_path), tasks=["FOMC", "Py150"], epochs={"FOMC": 1, "Py150": 3}, examples_per_step=32
+    )
+    fomc, py = build_scenario(cfg, 0)
+    # ceil(1 * 50 / 32) = 2 ; ceil(3 * 50 / 32) = ceil(4.6875) = 5
+    assert (fomc.info["epochs"], fomc.info["iterations"]) == (1, 2)
+    assert (py.info["epochs"], py.info["iterations"]) == (3, 5)
+    assert "iterations" not in build_scenario(TraceConfig(root=str(tmp_path), tasks=["FOMC"]), 0)[0].info
+    with pytest.raises(ConfigError, match="scenario.examples_per_step"):
+        TraceConfig(root="x", tasks=["a"], epochs=2)
+    with pytest.raises(ConfigError, match="scenario.epochs"):
+        TraceConfig(root="x", tasks=["a"], examples_per_step=32)
+    with pytest.raises(ConfigError, match="scenario.examples_per_step"):
+        TraceConfig(root="x", tasks=["a"], epochs=2, examples_per_step=0)
+    with pytest.raises(ConfigError, match="scenario.epochs.b"):
+        TraceConfig(root="x", tasks=["a"], epochs={"b": 1}, examples_per_step=8)
+
+
+OFFICIAL_PRESETS = [
+    "trace_official_moram.yaml",
+    "llm_gemma_2b_it_trace_moram.yaml",
+    "llm_llama2_7b_chat_trace_moram.yaml",
+    "llm_llama32_1b_trace_moram.yaml",
+]
+
+
+@pytest.mark.parametrize("preset", OFFICIAL_PRESETS)
+def test_official_runner_preset_carries_the_official_values(preset, tmp_path):
+    write_official(tmp_path, n_train=500, n_test=100)
+    model = tmp_path / "model"
+    cfg = load_config(REPO / "configs" / preset, [f"scenario.root={tmp_path}", f"backbone.path={model}"])
+    assert cfg.seed == 1234  # runner_moram.sh --seed 1234
+    bb, sc, tr, method = cfg.backbone.config, cfg.scenario.config, cfg.train, cfg.method.options
+    assert bb.path == str(model) and bb.dtype == "bfloat16"
+    assert (bb.prompt_format, bb.chat_template) == ("trace", "off")  # raw prompt + EOS, no template
+    assert (bb.max_prompt_length, bb.max_answer_length) == (1024, 512)
+    assert bb.task_max_prompt_length == {"MeetingBank": 4096} and bb.keep_prompt_start == ["MeetingBank"]
+    assert (bb.do_sample, bb.repetition_penalty, bb.no_repeat_ngram_size) == (False, 1.2, 3)  # infer_part.py
+    assert bb.strip_predictions is False
+    assert (tr.batch_size * tr.grad_accumulation, tr.lr, tr.optimizer, tuple(tr.betas)) == (
+        32,
+        5e-4,
+        "adam",
+        (0.9, 0.95),
+    )
+    assert (tr.schedule, tr.warmup_iterations, tr.weight_decay, tr.grad_clip) == ("constant", 0, 0.0, 1.0)
+    assert {k: method[k] for k in ("r", "top_k", "tau", "delta", "lora_alpha")} == {
+        "r": 8,
+        "top_k": 8,
+        "tau": 0.03,
+        "delta": 0.2,
+        "lora_alpha": 16,
+    }
+    assert sc.tasks == list(OFFICIAL) and sc.epochs == TRACE_EPOCHS
+    assert TRACE_EPOCHS == dict(zip(OFFICIAL, (2, 1, 3, 2, 1, 2, 2, 3)))  # runner_moram.sh epochs
+    tasks = build_scenario(sc, cfg.seed)
+    assert [(len(t.train), len(t.test)) for t in tasks] == [(500, 100)] * 8
+    assert all(t.max_new_tokens == 512 for t in tasks)  # --max_ans_len 512 for every task
+    # ceil(epochs * 500 / 32): 2 -> 32, 1 -> 16, 3 -> 47
+    assert [t.info["iterations"] for t in tasks] == [32, 16, 47, 32, 16, 32, 32, 47]
+    assert {t.name: t.metric for t in tasks}["20Minuten"] == "sari"

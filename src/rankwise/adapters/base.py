@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from rankwise.errors import ConfigError, LifecycleError
+from rankwise.errors import CheckpointError, ConfigError, LifecycleError
 
 
 @dataclass
@@ -45,6 +45,15 @@ class AdapterConfig:
     )
     exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "names or a regex of modules never to adapt (e.g. one tower)"}
+    )
+    keep_optimizer: bool | None = field(
+        default=None,
+        metadata={
+            "help": "True: one optimizer for the whole task sequence, its state (Adam moments, step count) "
+            "carried from task to task onto the next task's fresh factors, as official TRACE "
+            "training/main.py does; False: a fresh optimizer per task (official CoDyRA and X-TAIL); "
+            "None: False, or what MoRAM's `compat` picks"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -72,6 +81,10 @@ class AdapterConfig:
                 not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value)
             ):
                 raise ConfigError(name, value, "a non-empty list of module names, a regex string, or None")
+        if self.keep_optimizer is None:
+            self.keep_optimizer = False
+        if not isinstance(self.keep_optimizer, bool):
+            raise ConfigError("keep_optimizer", self.keep_optimizer, "true, false or None")
         from rankwise.adapters.presets import TARGET_PRESETS
 
         if self.preset is not None and self.preset not in TARGET_PRESETS:
@@ -94,6 +107,61 @@ def kaiming_rows(rows: int, in_features: int, like: torch.Tensor) -> torch.Tenso
     weight = torch.empty(rows, in_features, dtype=like.dtype, device=like.device)
     nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
     return weight
+
+
+class AdapterStateError(CheckpointError):
+    """A layer's saved state cannot be loaded: ``kind`` is "field" (metadata) or "tensor", ``key`` its name."""
+
+    def __init__(self, kind: str, key: str, problem: str) -> None:
+        self.kind, self.key, self.problem = kind, key, problem
+        super().__init__(f"{kind} {key}: {problem}")
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """repr(value) cut to `limit` characters: an error message never grows with the value it quotes."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def meta_int(meta: dict[str, Any], key: str) -> int:
+    """meta[key] as an integer >= 0, else AdapterStateError naming the field."""
+    value = meta.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise AdapterStateError("field", key, f"{short_repr(value)} is invalid: expected an integer >= 0")
+    return value
+
+
+def meta_bool(meta: dict[str, Any], key: str, default: Any = None) -> bool:
+    value = meta.get(key, default)
+    if not isinstance(value, bool):
+        raise AdapterStateError("field", key, f"{short_repr(value)} is invalid: expected true or false")
+    return value
+
+
+def meta_int_list(meta: dict[str, Any], key: str) -> list[int]:
+    value = meta.get(key)
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    ):
+        raise AdapterStateError("field", key, f"{short_repr(value)} is invalid: expected a list of integers >= 0")
+    return value
+
+
+def expect_tensor(tensors: dict[str, torch.Tensor], key: str, shape: tuple[int | None, ...]) -> torch.Tensor:
+    """tensors[key] if it is a floating-point tensor of `shape` (None: any size), else AdapterStateError."""
+    if key not in tensors:
+        raise AdapterStateError("tensor", key, "is missing")
+    tensor = tensors[key]
+    if not tensor.is_floating_point():
+        raise AdapterStateError("tensor", key, f"has dtype {tensor.dtype}; expected a floating-point tensor")
+    got = tuple(tensor.shape)
+    need = tuple(g if n is None else n for n, g in zip(shape, got)) if len(got) == len(shape) else shape
+    if got != need:
+        shown = tuple("*" if n is None else n for n in need)
+        raise AdapterStateError(
+            "tensor", key, f"has shape {got} but this model needs {shown} (saved from a model of another shape?)"
+        )
+    return tensor
 
 
 class AdapterLayer(nn.Module):
@@ -200,6 +268,14 @@ class AdapterLayer(nn.Module):
             tensors[f"merged.{i}.B"] = B
         meta = {"merged_tasks": self.merged_tasks, "task_active": self.task_active}
         return meta, tensors
+
+    def check_adapter_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        """Raise AdapterStateError naming the field or tensor unless `load_adapter_state` can load
+        (meta, tensors) into this layer; changes nothing. Subclasses extend it."""
+        meta_bool(meta, "task_active")
+        for i in range(meta_int(meta, "merged_tasks")):
+            A = expect_tensor(tensors, f"merged.{i}.A", (None, self.in_features))
+            expect_tensor(tensors, f"merged.{i}.B", (self.out_features, A.shape[0]))
 
     def load_adapter_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         for i in range(int(meta["merged_tasks"])):

@@ -9,6 +9,7 @@ dropped and W <- W + B diag(g) A, so inference costs exactly what the base model
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankwise.adapters.base import AdapterConfig, AdapterLayer, kaiming_rows
+from rankwise.adapters.base import AdapterConfig, AdapterLayer, expect_tensor, kaiming_rows, meta_int_list
 from rankwise.errors import ConfigError
 
 PROX_OPERATORS = ("reference", "soft")
@@ -56,6 +57,22 @@ class CoDyRAConfig(AdapterConfig):
             raise ConfigError("ramp_steps", self.ramp_steps, "an integer >= 1")
 
 
+def ramp_interval(total_iterations: int, dense_fraction: float = 0.5, ramp_steps: int = 50) -> int:
+    """Iterations between two threshold advances in the reference loop: int((T - f T) // ramp_steps).
+
+    0 when T - f T < ramp_steps (T < 100 with the defaults): the reference code then never advances
+    its threshold and never prunes; rankwise uses its own ramp there (see `threshold_at`).
+    """
+    return int((total_iterations - dense_fraction * total_iterations) // ramp_steps)
+
+
+def _ramp_value(index: int, k_max: float, ramp_steps: int) -> float:
+    """linspace(0, k_max, ramp_steps)[index], with numpy's rounding: index * (k_max / (n - 1)), last = k_max."""
+    if index >= ramp_steps - 1:
+        return float(k_max)
+    return index * (float(k_max) / (ramp_steps - 1))
+
+
 def threshold_at(
     iteration: int,
     total_iterations: int,
@@ -63,12 +80,34 @@ def threshold_at(
     k_max: float = 0.005,
     ramp_steps: int = 50,
 ) -> float | None:
-    """The proximal threshold k after optimizer step `iteration` (1-based) of `total_iterations`.
+    """The proximal threshold k applied after optimizer step `iteration` (1-based) of `total_iterations`.
 
-    None while training densely (iteration <= dense_iters). Then k climbs through
-    linspace(0, k_max, ramp_steps), advancing every (T - dense_iters) // ramp_steps iterations, and
-    stays at k_max. With T = 500: dense until 250, k = 0 from 251, k = k_max from 495.
+    None means no proximal step. With T = total_iterations, i = iteration - 1 (the reference loop's
+    0-based index), D = dense_fraction * T and m = int((T - D) // ramp_steps) (`ramp_interval`):
+
+    * m >= 1 and ramp_steps >= 2 (T >= 100 with the defaults): the reference CoDyRA loop (models/codyra.py, train_model).
+      Before step i the threshold index j advances by one whenever i >= D and i % m == 0; after
+      ``optimizer.step()`` the prox runs when i > D with k = linspace(0, k_max, ramp_steps)[min(j, ramp_steps - 1)]:
+
+          k(i) = None                                    if i <= D
+          k(i) = lambdas[min(#{c in [ceil(D), i] : c % m == 0}, ramp_steps - 1)]   otherwise
+
+      T = 500: no prox through step 251, k = k_max / 49 from step 252, k = k_max from step 491;
+      the thresholds sum to 0.650 (the total shrink of a gate that survives).
+    * m = 0, or ramp_steps = 1 (rankwise choices; the reference never prunes there: its threshold
+      never leaves 0, and linspace(0, k_max, 1) = [0]): dense through step int(D), then k climbs
+      through linspace(0, k_max, ramp_steps) advancing every max(1, (T - int(D)) // ramp_steps) steps
+      (k = k_max at once when ramp_steps = 1), so short smoke runs still prune.
     """
+    interval = ramp_interval(total_iterations, dense_fraction, ramp_steps)
+    if interval >= 1 and ramp_steps >= 2:
+        i = iteration - 1
+        dense = dense_fraction * total_iterations
+        if i <= dense:
+            return None
+        # advances at every multiple of `interval` in [ceil(D), i]: floor(i/m) - floor((ceil(D) - 1)/m)
+        advances = i // interval - (math.ceil(dense) - 1) // interval
+        return _ramp_value(min(advances, ramp_steps - 1), k_max, ramp_steps)
     dense_iters = int(dense_fraction * total_iterations)
     if iteration <= dense_iters:
         return None
@@ -155,6 +194,14 @@ class CoDyRALinear(AdapterLayer):
         if self.gate is not None:
             tensors.update(lora_A=self.lora_A, lora_B=self.lora_B, gate=self.gate)
         return meta, tensors
+
+    def check_adapter_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        super().check_adapter_state(meta, tensors)
+        meta_int_list(meta, "merged_ranks")
+        if meta["task_active"]:
+            expect_tensor(tensors, "lora_A", (self.r, self.in_features))
+            expect_tensor(tensors, "lora_B", (self.out_features, self.r))
+            expect_tensor(tensors, "gate", (self.r,))
 
     def load_adapter_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         super().load_adapter_state(meta, tensors)

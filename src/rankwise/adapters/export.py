@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from rankwise import io
+from rankwise.adapters.adapter_files import check_folder_target
 from rankwise.adapters.attention import SplitMultiheadAttention
 from rankwise.adapters.model import RankwiseModel
 from rankwise.errors import LifecycleError, RankwiseError
@@ -61,6 +62,7 @@ def export_peft(model: RankwiseModel, directory: str | os.PathLike[str]) -> Path
         tensors[f"base_model.model.{name}.lora_A.weight"] = A
         tensors[f"base_model.model.{name}.lora_B.weight"] = B
     directory = Path(directory)
+    check_folder_target(directory)
     io.save_tensors(directory / "adapter_model.safetensors", tensors, metadata={"format": "pt"})
     first = next(iter(ranks.values()))
     io.write_json(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import torch
 from torch import nn
 
 from rankwise.adapters.attention import SplitMultiheadAttention
@@ -49,39 +52,115 @@ def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def inject_adapters(model: nn.Module, config: AdapterConfig) -> dict[str, AdapterLayer]:
+class ModelEdit:
+    """Every change injection and loading make to a user's model, so that a failure undoes all of it.
+
+    Records each module replacement (parent, attribute, old module), a CPU copy of each tensor before
+    its first in-place write (`before_write`), and, at the start, every parameter's requires_grad
+    flag. `rollback` restores them in reverse order: the model then has the same module objects,
+    parameter objects, flags and state_dict values, bit for bit, as before the edit began.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._flags = [(p, p.requires_grad) for p in model.parameters()]
+        self._modules: list[tuple[nn.Module, str, nn.Module]] = []
+        self._tensors: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._saved: set[int] = set()
+
+    def replace(self, name: str, module: nn.Module) -> None:
+        """Put `module` at dotted path `name`, remembering what was there."""
+        parent = _parent(self.model, name)
+        child = name.rpartition(".")[2]
+        self._modules.append((parent, child, getattr(parent, child)))
+        setattr(parent, child, module)
+
+    def before_write(self, tensor: torch.Tensor) -> None:
+        """Call before changing `tensor` in place (e.g. merging factors into a base weight)."""
+        if id(tensor) not in self._saved:
+            self._saved.add(id(tensor))
+            self._tensors.append((tensor, tensor.detach().to("cpu", copy=True)))
+
+    def freeze_all(self) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def rollback(self) -> None:
+        for parent, child, old in reversed(self._modules):
+            setattr(parent, child, old)
+        for tensor, backup in reversed(self._tensors):
+            tensor.copy_(backup)
+        for p, flag in self._flags:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def transaction(model: nn.Module) -> Iterator[ModelEdit]:
+    """``with transaction(model) as edit:`` - any exception inside (KeyboardInterrupt included) rolls back."""
+    edit = ModelEdit(model)
+    try:
+        yield edit
+    except BaseException:
+        edit.rollback()
+        raise
+
+
+def inject_adapters(
+    model: nn.Module, config: AdapterConfig, edit: ModelEdit | None = None
+) -> dict[str, AdapterLayer]:
     """Wrap every targeted nn.Linear of `model` in place; return {module name: adapter layer}.
 
     Any nn.MultiheadAttention whose q/k/v/out_proj would be targeted is first replaced by an
     equivalent SplitMultiheadAttention. Raises TargetModulesError, listing the nearest module
-    names, when nothing matches.
+    names, when nothing matches. All-or-nothing: on any error the model is left as it was (the
+    changes go through `edit`, or through a transaction of their own when `edit` is None).
     """
+    if edit is None:
+        with transaction(model) as own:
+            return inject_adapters(model, config, own)
     targets = resolve_targets(config)
     exclude = config.exclude_modules
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.MultiheadAttention) and any(
-            matches(f"{name}.{child}", targets) and not matches(f"{name}.{child}", exclude)
-            for child in SPLIT_NAMES
-        ):
-            set_submodule(model, name, SplitMultiheadAttention(module))
-
-    layer_cls = LAYER_CLASSES[type(config)]
-    inside_adapter = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
-    if inside_adapter:
+    if any(isinstance(m, AdapterLayer) for m in model.modules()):
         raise ConfigError(
             "model", type(model).__name__, "a model without adapters (this one already has some)"
         )
+    to_split = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.MultiheadAttention)
+        and any(
+            matches(f"{name}.{child}", targets) and not matches(f"{name}.{child}", exclude)
+            for child in SPLIT_NAMES
+        )
+    ]
+    for name in to_split:  # all checked before the first split
+        _check_splittable(name, model.get_submodule(name), targets)
+    for name in to_split:
+        edit.replace(name, SplitMultiheadAttention(model.get_submodule(name)))
+
+    layer_cls = LAYER_CLASSES[type(config)]
     layers: dict[str, AdapterLayer] = {}
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and matches(name, targets) and not matches(name, exclude):
             if isinstance(_parent(model, name), nn.MultiheadAttention):
                 continue  # a fused attention's out_proj is never called as a module
             layer = layer_cls(module, config)
-            set_submodule(model, name, layer)
+            edit.replace(name, layer)
             layers[name] = layer
     if not layers:
         raise TargetModulesError(_no_match_message(model, targets))
     return layers
+
+
+def _check_splittable(name: str, mha: nn.MultiheadAttention, targets: list[str] | str) -> None:
+    if mha.bias_k is not None or mha.add_zero_attn:
+        raise ConfigError(
+            "target_modules",
+            targets,
+            f"layers that can carry adapters: {name} is an nn.MultiheadAttention with add_bias_kv or "
+            f"add_zero_attn, which cannot be split into q/k/v; leave it out with exclude_modules: ['{name}.q_proj', ...]",
+        )
 
 
 def _parent(model: nn.Module, name: str) -> nn.Module:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankwise.adapters.base import AdapterConfig, AdapterLayer, kaiming_rows
+from rankwise.adapters.base import AdapterConfig, AdapterLayer, expect_tensor, kaiming_rows, meta_bool
 from rankwise.errors import ConfigError
 
 
@@ -91,6 +91,12 @@ class LoRALinear(AdapterLayer):
             tensors["lora_A"] = self.lora_A
             tensors["lora_B"] = self.lora_B
         return meta, tensors
+
+    def check_adapter_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        super().check_adapter_state(meta, tensors)
+        if meta_bool(meta, "has_adapter"):
+            expect_tensor(tensors, "lora_A", (self.r, self.in_features))
+            expect_tensor(tensors, "lora_B", (self.out_features, self.r))
 
     def load_adapter_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         super().load_adapter_state(meta, tensors)

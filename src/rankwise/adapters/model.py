@@ -11,6 +11,7 @@ model.save_pretrained("adapters/")                   # adapter_config.json + ada
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,18 +21,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise import __version__, io
+from rankwise import __version__
+from rankwise.adapters import adapter_files
+from rankwise.adapters.adapter_files import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE  # noqa: F401
 from rankwise.adapters.attention import SplitMultiheadAttention
-from rankwise.adapters.base import AdapterConfig, AdapterLayer
+from rankwise.adapters.base import AdapterConfig, AdapterLayer, AdapterStateError
 from rankwise.adapters.codyra import CoDyRAConfig, threshold_at
-from rankwise.adapters.inject import inject_adapters, set_submodule
+from rankwise.adapters.inject import ModelEdit, inject_adapters, set_submodule, transaction
 from rankwise.adapters.lora import LoRAConfig
 from rankwise.adapters.moram import MoRAMConfig, MoRAMLinear
 from rankwise.errors import CheckpointError, ConfigError, LifecycleError, RankwiseError
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-FORMAT = "rankwise-adapter"
+_UNSET: Any = object()  # "not given" for set_inference_options (None is a valid top_k)
 CONFIG_CLASSES: dict[str, type[AdapterConfig]] = {
     c.method: c for c in (LoRAConfig, CoDyRAConfig, MoRAMConfig)
 }
@@ -39,6 +40,8 @@ CONFIG_CLASSES: dict[str, type[AdapterConfig]] = {
 
 def adapter_config_from_dict(data: dict[str, Any]) -> AdapterConfig:
     """Build LoRAConfig / CoDyRAConfig / MoRAMConfig from ``{"method": ..., **fields}``."""
+    if not isinstance(data, dict):
+        raise ConfigError("method", data, "a mapping of adapter settings with a 'method' key")
     data = dict(data)
     method = data.pop("method", None)
     if method not in CONFIG_CLASSES:
@@ -55,15 +58,22 @@ def adapter_config_from_dict(data: dict[str, Any]) -> AdapterConfig:
 
 
 def get_model(model: nn.Module, config: AdapterConfig) -> RankwiseModel:
-    """Freeze `model`, inject adapters in place where `config` targets, and wrap it."""
+    """Freeze `model`, inject adapters in place where `config` targets, and wrap it.
+
+    All or nothing: when it raises, `model` is exactly as it was (modules, values, requires_grad).
+    """
     if not isinstance(config, AdapterConfig):
         raise TypeError(
             f"config must be a LoRAConfig, CoDyRAConfig or MoRAMConfig, got {type(config).__name__}"
         )
-    for p in model.parameters():
-        p.requires_grad_(False)
-    inject_adapters(model, config)
+    with transaction(model) as edit:
+        _inject(model, config, edit)
     return RankwiseModel(model, config)
+
+
+def _inject(model: nn.Module, config: AdapterConfig, edit: ModelEdit) -> dict[str, AdapterLayer]:
+    edit.freeze_all()
+    return inject_adapters(model, config, edit)
 
 
 class RankwiseModel(nn.Module):
@@ -124,8 +134,9 @@ class RankwiseModel(nn.Module):
     def after_optimizer_step(self, iteration: int, total_iterations: int) -> dict[str, Any]:
         """Call after every optimizer.step() with the 1-based step count of this task.
 
-        CoDyRA: applies the proximal step to every gate with the scheduled threshold k and returns
-        ``{"k": k}`` (None during the dense phase). Other methods: no-op, returns {}.
+        CoDyRA: applies the proximal step to every gate with k = `threshold_at(iteration, total)`, the
+        threshold the reference train loop uses after ``optimizer.step()`` at its 0-based iteration
+        ``iteration - 1``, and returns ``{"k": k}`` (None: no prox this step). Other methods: no-op, {}.
         """
         if self.current_task is None:
             raise LifecycleError("after_optimizer_step() with no active task; call begin_task(name) first")
@@ -139,6 +150,29 @@ class RankwiseModel(nn.Module):
             for layer in self.adapter_layers().values():
                 layer.prox_step(k, cfg.prox)
         return {"k": k}
+
+    def set_inference_options(
+        self, *, top_k: Any = _UNSET, tau: Any = _UNSET, delta: Any = _UNSET
+    ) -> None:
+        """Change MoRAM's routing on a trained or loaded model, e.g. to sweep ``delta`` at evaluation.
+
+        ``top_k`` (int >= 1, or None = r), ``tau`` (> 0) and ``delta`` (in [-1, 1]; <= 0 switches pruning
+        off) replace the config's values in every MoRAM layer and in ``self.config`` (so a later
+        ``save_pretrained`` stores them). Invalid values raise ConfigError and change nothing; other
+        methods raise ConfigError. The official inference scripts set the same three
+        (TRACE/inference/infer_part.py: --moram_topk, --moram_router_temp, --moram_infer_lora_a_thresh).
+        """
+        changes = {k: v for k, v in (("top_k", top_k), ("tau", tau), ("delta", delta)) if v is not _UNSET}
+        if not isinstance(self.config, MoRAMConfig):
+            name = next(iter(changes), "top_k")
+            raise ConfigError(
+                name, changes.get(name), f"an option of MoRAM models; this model uses {self.config.method!r}"
+            )
+        config = dataclasses.replace(self.config, **changes)  # __post_init__ validates
+        self.config = config
+        for layer in self.adapter_layers().values():
+            if isinstance(layer, MoRAMLinear):
+                layer.set_inference_options(config.budget, config.tau, config.delta)
 
     # -- parameters and reports -----------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -189,7 +223,8 @@ class RankwiseModel(nn.Module):
 
     # -- persistence -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write adapter_config.json and adapter_model.safetensors (atomically) into `directory`."""
+        """Write adapter_config.json, adapter_model.safetensors (atomically) and checksums.json
+        (their SHA-256, verified by `load_model`) into `directory`."""
         self._check_usable()
         directory = Path(directory)
         layers_meta: dict[str, Any] = {}
@@ -198,48 +233,56 @@ class RankwiseModel(nn.Module):
             meta, layer_tensors = layer.adapter_state()
             layers_meta[name] = meta
             tensors.update({f"{name}::{key}": t for key, t in layer_tensors.items()})
-        io.save_tensors(directory / WEIGHTS_FILE, tensors, metadata={"format": FORMAT})
-        io.write_json(
-            directory / CONFIG_FILE,
-            {
-                "format": FORMAT,
-                "format_version": 1,
-                "rankwise_version": __version__,
-                "config": self.config.to_dict(),
-                "tasks": self.tasks,
-                "current_task": self.current_task,
-                "layers": layers_meta,
-            },
-        )
+        header = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "rankwise_version": __version__,
+            "config": self.config.to_dict(),
+            "tasks": self.tasks,
+            "current_task": self.current_task,
+            "layers": layers_meta,
+        }
+        adapter_files.write_adapter_folder(directory, header, tensors)
         return directory
 
 
 def load_model(model: nn.Module, directory: str | os.PathLike[str]) -> RankwiseModel:
     """Inject and restore a saved adapter (config, task history, merged factors, bank, live adapter)
-    into a fresh copy of the base model it was trained from."""
+    into a fresh copy of the base model it was trained from.
+
+    Everything is checked before `model` is touched: checksums.json (when present), the structure
+    and types of adapter_config.json, every tensor finite, and every tensor's shape against the layer
+    it belongs to. A refusal is a CheckpointError naming the file and the field or tensor, and leaves
+    `model` exactly as it was; so does any later failure (the injection is rolled back and merged
+    base weights are restored from a CPU copy taken before the merge).
+    """
     directory = Path(directory)
-    saved = io.read_json(directory / CONFIG_FILE)
-    if saved.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{directory / CONFIG_FILE} is not a rankwise adapter (format={saved.get('format')!r})"
-        )
-    tensors = io.load_tensors(directory / WEIGHTS_FILE)
-    wrapped = get_model(model, adapter_config_from_dict(saved["config"]))
-    layers = wrapped.adapter_layers()
-    if set(layers) != set(saved["layers"]):
-        missing = sorted(set(saved["layers"]) - set(layers))[:5]
-        extra = sorted(set(layers) - set(saved["layers"]))[:5]
-        raise CheckpointError(
-            f"adapter in {directory} does not fit this model: saved layers missing here {missing}, "
-            f"layers here not in the save {extra}"
-        )
-    for name, layer in layers.items():
-        prefix = f"{name}::"
-        layer_tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        try:
-            layer.load_adapter_state(saved["layers"][name], layer_tensors)
-        except KeyError as exc:
-            raise CheckpointError(f"{directory / WEIGHTS_FILE} lacks tensor {prefix}{exc.args[0]}") from exc
+    adapter_files.verify_checksums(directory)
+    saved = adapter_files.read_header(directory)
+    tensors = adapter_files.read_tensors(directory)
+    try:
+        config = adapter_config_from_dict(saved["config"])
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise adapter_files.config_error(directory, exc) from exc
+    with transaction(model) as edit:
+        layers = _inject(model, config, edit)
+        if set(layers) != set(saved["layers"]):
+            missing = sorted(set(saved["layers"]) - set(layers))[:5]
+            extra = sorted(set(layers) - set(saved["layers"]))[:5]
+            raise CheckpointError(
+                f"adapter in {directory} does not fit this model: saved layers missing here {missing}, "
+                f"layers here not in the save {extra}"
+            )
+        for name, layer in layers.items():  # every check before the first merge into a base weight
+            try:
+                layer.check_adapter_state(saved["layers"][name], tensors.get(name, {}))
+            except AdapterStateError as exc:
+                raise adapter_files.layer_state_error(directory, name, exc) from None
+        for name, layer in layers.items():
+            if saved["layers"][name]["merged_tasks"]:
+                edit.before_write(layer.base_layer.weight)
+            layer.load_adapter_state(saved["layers"][name], tensors.get(name, {}))
+    wrapped = RankwiseModel(model, config)
     wrapped.tasks = list(saved["tasks"])
     wrapped.current_task = saved["current_task"]
     return wrapped

@@ -9,15 +9,26 @@ Each task trains r new atoms; earlier atoms are frozen, never merged, never dele
     s = p / max(||p||_2, 1e-12)                  signed, normalised over all atoms
     k = min(max(top_k, 2), R)                    activation budget
     w = softmax(topk(s, k) / tau)                other atoms get weight 0
-    w = w * 1[s >= delta]                        inference only ("rank pruning"), not renormalised
+    w = w * 1[s >= delta]                        inference only ("rank pruning"), not renormalised;
+                                                 delta <= 0 switches it off (official `threshold > 0`)
     y = W x + b + B_all (p * w)                  weights multiply the raw p, not s
 
 The current task's values are scaled by ``lora_alpha / r`` while training; when frozen they are stored
-already scaled, so old atoms keep contributing exactly what they contributed while trained.
+already scaled, so old atoms keep contributing exactly what they contributed while trained. Fresh atoms
+are created at ``begin_task``, so untrained atoms never compete for the budget at evaluation.
+
+``compat="official_trace"`` (or the fine-grained fields) reproduces the official TRACE code instead
+(TRACE/utils/my_peft/tuners/moram.py ``increment_task``, TRACE/model/Regular/MoRAM.py ``save_model``,
+TRACE/training/main.py): frozen values stored unscaled (old atoms then give 1/scaling of what they gave
+while trained), the next task's atoms created at ``end_task`` (A kaiming, B = 0) and taking part in
+routing from then on, and one optimizer for the whole run (``keep_optimizer``, applied by the engine).
+The official X-TAIL code (XTAIL/loralib/moram.py, scaling 1, atoms created when a task begins, a fresh
+AdamW per task) already behaves as the rankwise defaults.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +36,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankwise.adapters.base import AdapterConfig, AdapterLayer, kaiming_rows
+from rankwise.adapters.base import (
+    AdapterConfig,
+    AdapterLayer,
+    AdapterStateError,
+    expect_tensor,
+    kaiming_rows,
+    meta_bool,
+    meta_int_list,
+)
 from rankwise.errors import ConfigError
+
+COMPAT_MODES = ("rankwise", "official_trace")
+FROZEN_VALUES = ("scaled", "unscaled")
+FRESH_ATOMS = ("begin_task", "end_task")
+_BUDGET_WARNED: set[tuple[int, int]] = set()  # (budget, bank size) pairs already warned about
 
 
 @dataclass
@@ -41,11 +65,56 @@ class MoRAMConfig(AdapterConfig):
     )
     tau: float = field(default=0.01, metadata={"help": "softmax temperature over the top-k scores"})
     delta: float = field(
-        default=0.2, metadata={"help": "inference-only pruning: atoms with score s < delta get weight 0"}
+        default=0.2,
+        metadata={
+            "help": "inference-only pruning: atoms with score s < delta get weight 0; delta <= 0 switches "
+            "pruning off (the official `lora_threshold > 0` test)"
+        },
+    )
+    compat: str = field(
+        default="rankwise",
+        metadata={
+            "help": "'rankwise' (default) or 'official_trace': the official TRACE MoRAM code's behaviour, i.e. "
+            "frozen_values='unscaled', fresh_atoms='end_task', keep_optimizer=True; a fine-grained field "
+            "set explicitly wins over compat"
+        },
+    )
+    frozen_values: str | None = field(
+        default=None,
+        metadata={
+            "help": "'scaled': a finished task's values are stored times lora_alpha / r, as they acted while "
+            "trained; 'unscaled': stored raw, as official TRACE does (old atoms then give 1/scaling of "
+            "their trained output); None: from compat"
+        },
+    )
+    fresh_atoms: str | None = field(
+        default=None,
+        metadata={
+            "help": "'begin_task': a task's new atoms are drawn when it begins; 'end_task': drawn when the "
+            "previous task ends (A kaiming, B = 0) and routed at evaluation, as official TRACE does; "
+            "None: from compat"
+        },
     )
 
     def __post_init__(self) -> None:
+        if self.compat not in COMPAT_MODES:
+            raise ConfigError("compat", self.compat, "one of " + ", ".join(repr(m) for m in COMPAT_MODES))
+        official = self.compat == "official_trace"
+        if self.frozen_values is None:
+            self.frozen_values = "unscaled" if official else "scaled"
+        if self.fresh_atoms is None:
+            self.fresh_atoms = "end_task" if official else "begin_task"
+        if self.keep_optimizer is None:
+            self.keep_optimizer = official
         super().__post_init__()
+        if self.frozen_values not in FROZEN_VALUES:
+            raise ConfigError(
+                "frozen_values", self.frozen_values, "one of " + ", ".join(map(repr, FROZEN_VALUES)) + " or None"
+            )
+        if self.fresh_atoms not in FRESH_ATOMS:
+            raise ConfigError(
+                "fresh_atoms", self.fresh_atoms, "one of " + ", ".join(map(repr, FRESH_ATOMS)) + " or None"
+            )
         if self.top_k is not None and (
             isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1
         ):
@@ -114,11 +183,16 @@ class MoRAMLinear(AdapterLayer):
     budget covers the whole bank (k = R) it is one dense matmul. The outputs equal the dense formula.
     """
 
+    #: state that only counts activations and never changes an output; prompt-feature caches ignore it
+    statistics_state = ("atom_hits", "tokens_seen", "track_activations")
+
     def __init__(self, base_layer: nn.Linear, config: MoRAMConfig) -> None:
         super().__init__(base_layer, config)
         self.budget = config.budget
         self.tau = float(config.tau)
         self.delta_threshold = float(config.delta)
+        self.frozen_scaled = config.frozen_values == "scaled"
+        self.fresh_at_end = config.fresh_atoms == "end_task"
         like = self._factor_like()
         self.register_buffer("bank_A", like.new_zeros(0, self.in_features), persistent=False)
         self.register_buffer("bank_BT", like.new_zeros(0, self.out_features), persistent=False)
@@ -147,6 +221,10 @@ class MoRAMLinear(AdapterLayer):
     def has_delta(self) -> bool:
         return self.num_atoms > 0
 
+    def set_inference_options(self, budget: int, tau: float, delta: float) -> None:
+        """Set the routing options (validated by `RankwiseModel.set_inference_options`)."""
+        self.budget, self.tau, self.delta_threshold = int(budget), float(tau), float(delta)
+
     # -- forward -------------------------------------------------------------------------------
     def _key_responses(self, x: torch.Tensor) -> torch.Tensor:
         """p = A_all x as (N, R). With a live task the bank and the new atoms are two matmuls, so the
@@ -174,7 +252,7 @@ class MoRAMLinear(AdapterLayer):
     def _weights(self, p: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
         s = p / norm  # = F.normalize(p) on these entries (same ops, same rounding)
         w = torch.softmax(s / self.tau, dim=-1)
-        if not self.training:
+        if not self.training and self.delta_threshold > 0:
             w = w * (s >= self.delta_threshold)
         return w
 
@@ -195,6 +273,8 @@ class MoRAMLinear(AdapterLayer):
         p = self._key_responses(flat)
         num_atoms = p.shape[-1]
         k = min(self.budget, num_atoms)
+        if k < self.budget:
+            _warn_budget(self.budget, num_atoms)
         norm = torch.linalg.vector_norm(p, dim=-1, keepdim=True).clamp_min(1e-12)
         fuse = out is not None and out.dtype == dtype
         if k == num_atoms:  # the budget covers every atom: one dense matmul is cheapest
@@ -234,7 +314,12 @@ class MoRAMLinear(AdapterLayer):
         self.tokens_seen = 0
 
     def begin_task(self) -> None:
+        """Draw this task's r atoms (A kaiming, B = 0), or train the ones drawn at the last end_task."""
         super().begin_task()
+        if self.lora_A is None:
+            self._draw_atoms()
+
+    def _draw_atoms(self) -> None:
         like = self._factor_like()
         self.lora_A = nn.Parameter(kaiming_rows(self.r, self.in_features, like))
         self.lora_B = nn.Parameter(
@@ -242,32 +327,52 @@ class MoRAMLinear(AdapterLayer):
         )
 
     def end_task(self) -> None:
-        """Freeze this task's atoms into the bank (values stored scaled). Fresh atoms come at begin_task,
-        so that zero-valued untrained atoms never compete for the top-k budget at evaluation."""
+        """Freeze this task's atoms into the bank, values times lora_alpha / r (``frozen_values='scaled'``)
+        or raw (``'unscaled'``). By default fresh atoms come at begin_task, so zero-valued untrained
+        atoms never compete for the top-k budget at evaluation; ``fresh_atoms='end_task'`` draws them
+        here, and they are routed (with B = 0) until the next task trains them."""
         super().end_task()
         A = torch.cat([self.bank_A, self.lora_A]) if self.bank_A.shape[0] else self.lora_A
         self.bank_A = A.detach().clone(memory_format=torch.contiguous_format)
-        self.bank_BT = self._values_by_atom().detach().clone(memory_format=torch.contiguous_format)
+        new = self._live_values() if self.frozen_scaled else self.lora_B.t()
+        values = torch.cat([self.bank_BT, new]) if self.bank_BT.shape[0] else new
+        self.bank_BT = values.detach().clone(memory_format=torch.contiguous_format)
         self.task_sizes.append(self.lora_A.shape[0])
         self.lora_A = self.lora_B = None
+        if self.fresh_at_end:
+            self._draw_atoms()
 
     def adapter_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         meta, tensors = super().adapter_state()
         meta["task_sizes"] = list(self.task_sizes)
+        meta["live_atoms"] = self.lora_A is not None  # also True between tasks with fresh_atoms='end_task'
         tensors.update(bank_A=self.bank_A, bank_B=self.bank_B.contiguous())
         if self.lora_A is not None:
             tensors.update(lora_A=self.lora_A, lora_B=self.lora_B)
         return meta, tensors
+
+    def check_adapter_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        super().check_adapter_state(meta, tensors)
+        sizes = meta_int_list(meta, "task_sizes")
+        bank = expect_tensor(tensors, "bank_A", (None, self.in_features)).shape[0]
+        expect_tensor(tensors, "bank_B", (self.out_features, bank))
+        if sum(sizes) != bank:
+            raise AdapterStateError(
+                "field", "task_sizes", f"{sizes} sums to {sum(sizes)} atoms but tensor bank_A holds {bank}"
+            )
+        if meta_bool(meta, "live_atoms", meta["task_active"]):
+            expect_tensor(tensors, "lora_A", (self.r, self.in_features))
+            expect_tensor(tensors, "lora_B", (self.out_features, self.r))
 
     def load_adapter_state(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         device = self._factor_like().device
         self.bank_A = tensors["bank_A"].to(device)
         self.bank_B = tensors["bank_B"].to(device)
         self.task_sizes = [int(n) for n in meta["task_sizes"]]
-        if meta["task_active"]:
+        if meta.get("live_atoms", meta["task_active"]):
             self.lora_A = nn.Parameter(tensors["lora_A"].to(device))
             self.lora_B = nn.Parameter(tensors["lora_B"].to(device))
-            self.task_active = True
+        self.task_active = bool(meta["task_active"])
 
     def report(self) -> dict[str, Any]:
         rate = None
@@ -285,3 +390,16 @@ class MoRAMLinear(AdapterLayer):
             "activation_rate_per_task": rate,
             "tokens_seen": self.tokens_seen,
         }
+
+
+def _warn_budget(budget: int, bank_size: int) -> None:
+    """Warn once per (budget, bank size) that top_k exceeds the bank and every atom is used instead."""
+    if (budget, bank_size) in _BUDGET_WARNED:
+        return
+    _BUDGET_WARNED.add((budget, bank_size))
+    warnings.warn(
+        f"MoRAM top_k = {budget} (after the floor of 2) exceeds the bank of {bank_size} atoms; all "
+        f"{bank_size} atoms are routed (k = min(top_k, bank size)), as the official code does",
+        UserWarning,
+        stacklevel=3,
+    )

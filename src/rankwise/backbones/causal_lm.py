@@ -33,11 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankwise.backbones import trace_format
 from rankwise.errors import ConfigError, DataError, choices
 from rankwise.tasks import GenerationExample, Task
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CHAT_TEMPLATE_MODES = ("auto", "on", "off")
+PROMPT_FORMATS = ("split", "trace")
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -89,6 +91,46 @@ class CausalLMConfig:
         default=False, metadata={"help": "recompute activations in backward (less memory, ~30% slower)"}
     )
     device: str | None = field(default=None, metadata={"help": "torch device; None = the engine's device"})
+    prompt_format: str = field(
+        default="split",
+        metadata={
+            "help": "'split': prompt and answer tokenized apart (chat template per chat_template); 'trace': "
+            "TRACE's official raw prompt + answer + EOS, no chat template (backbones/trace_format.py)"
+        },
+    )
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "trace format: prompt tokens kept (TRACE: 1024); None = max_length"}
+    )
+    max_answer_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "trace format: answer tokens on top of the prompt in training (TRACE: 512); None = 0"
+        },
+    )
+    task_max_prompt_length: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "trace format: {task: prompt tokens} overriding max_prompt_length (TRACE: MeetingBank 4096)"
+        },
+    )
+    keep_prompt_start: list = field(
+        default_factory=list,
+        metadata={
+            "help": "trace format: tasks whose long prompts lose their end, not start (TRACE: [MeetingBank])"
+        },
+    )
+    do_sample: bool = field(default=False, metadata={"help": "sample when generating (False = greedy)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (only with do_sample)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (only with do_sample)"})
+    repetition_penalty: float = field(
+        default=1.0, metadata={"help": "generation repetition penalty (1 = off)"}
+    )
+    no_repeat_ngram_size: int = field(
+        default=0, metadata={"help": "generation: never repeat an n-gram of this size (0 = off)"}
+    )
+    strip_predictions: bool = field(
+        default=True, metadata={"help": "strip whitespace around decoded generations (TRACE does not)"}
+    )
 
     def __post_init__(self) -> None:
         if self.path is not None and not isinstance(self.path, (str, os.PathLike)):
@@ -103,6 +145,7 @@ class CausalLMConfig:
             raise ConfigError("backbone.chat_template", self.chat_template, choices(CHAT_TEMPLATE_MODES))
         if not isinstance(self.gradient_checkpointing, bool):
             raise ConfigError("backbone.gradient_checkpointing", self.gradient_checkpointing, "true or false")
+        trace_format.check_options(self, PROMPT_FORMATS)
 
 
 def resolve_model_files(config: CausalLMConfig) -> tuple[str, str | None]:
@@ -147,8 +190,15 @@ class CausalLMBackbone:
     default_target_preset = "llama"
 
     def __init__(
-        self, model: nn.Module, tokenizer: Any, max_length: int, use_chat_template: bool, device: torch.device
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        max_length: int,
+        use_chat_template: bool,
+        device: torch.device,
+        options: CausalLMConfig | None = None,
     ) -> None:
+        self.options = options or CausalLMConfig(max_length=max_length)  # prompt format + decoding
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -161,7 +211,7 @@ class CausalLMBackbone:
         pad = tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else (self.eos_token_ids or [0])[0])
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
-        self._cache: dict[tuple[str, str, int | None], tuple[list[int], list[int]]] = {}
+        self._cache: dict[tuple[str, str, int | None, str | None], tuple[list[int], list[int]]] = {}
         self.truncation_counts = {"train_prompts": 0, "train_answers": 0, "eval_prompts": 0}
 
     # ------------------------------------------------------------------ text -> token ids
@@ -182,15 +232,19 @@ class CausalLMBackbone:
         return prompt_text, answer + (self.tokenizer.eos_token or ""), True
 
     def encode(
-        self, example: GenerationExample, new_tokens: int | None = None
+        self, example: GenerationExample, new_tokens: int | None = None, task_name: str | None = None
     ) -> tuple[list[int], list[int]]:
         """(prompt ids, answer ids) after truncation; ``new_tokens`` set = an evaluation prompt.
 
         Training: ``len(prompt) + len(answer) <= max_length``; evaluation:
-        ``len(prompt) <= max_length - new_tokens``.
+        ``len(prompt) <= max_length - new_tokens``. With ``prompt_format: trace`` the official TRACE
+        rules of `rankwise.backbones.trace_format` apply instead (per task, hence ``task_name``).
         """
-        key = (example.prompt, example.answer, new_tokens)
+        key = (example.prompt, example.answer, new_tokens, task_name)
         if key in self._cache:
+            return self._cache[key]
+        if self.options.prompt_format == "trace":
+            self._cache[key] = self._encode_trace(example, new_tokens is not None, task_name)
             return self._cache[key]
         prompt_text, answer_text, templated = self._texts(example.prompt, example.answer)
         tok = self.tokenizer
@@ -222,6 +276,19 @@ class CausalLMBackbone:
         self._cache[key] = (prompt_ids, answer_ids)
         return prompt_ids, answer_ids
 
+    def _encode_trace(
+        self, example: GenerationExample, evaluation: bool, task_name: str | None
+    ) -> tuple[list[int], list[int]]:
+        o = self.options
+        prompt_len = o.task_max_prompt_length.get(task_name, o.max_prompt_length or self.max_length)
+        keep_start = task_name in o.keep_prompt_start
+        if evaluation:
+            return trace_format.encode_prompt(self.tokenizer, example.prompt, prompt_len, keep_start), []
+        limit = prompt_len + (o.max_answer_length or 0)
+        return trace_format.encode_train(
+            self.tokenizer, example.prompt, example.answer, limit, o.max_answer_length or 0, keep_start
+        )
+
     def _count(self, kind: str, example: GenerationExample, what: str) -> None:
         self.truncation_counts[kind] += 1
         if kind == "train_answers" or self.truncation_counts[kind] == 1:
@@ -243,7 +310,7 @@ class CausalLMBackbone:
                 raise DataError(
                     f"task {task.name!r}: causal-lm needs GenerationExample, got {type(ex).__name__}"
                 )
-            prompt_ids, answer_ids = self.encode(ex, None if train else task.max_new_tokens)
+            prompt_ids, answer_ids = self.encode(ex, None if train else task.max_new_tokens, task.name)
             rows.append(prompt_ids + answer_ids if train else prompt_ids)
             answer_lens.append(len(answer_ids))
         width = max(len(r) for r in rows)
@@ -287,12 +354,17 @@ class CausalLMBackbone:
     def predict(self, batch: LMBatch, task: Task) -> list[str]:
         from transformers import GenerationConfig
 
+        o = self.options
+        sampling = {"temperature": o.temperature, "top_p": o.top_p} if o.do_sample else {}
         gen = GenerationConfig(
             max_new_tokens=task.max_new_tokens,
-            do_sample=False,
+            do_sample=o.do_sample,
             num_beams=1,
+            repetition_penalty=o.repetition_penalty,
+            no_repeat_ngram_size=o.no_repeat_ngram_size,
             pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_ids or None,
+            **sampling,
         )
         was_training = self.model.training
         self.model.eval()
@@ -303,7 +375,9 @@ class CausalLMBackbone:
         finally:
             self.model.train(was_training)
         new = out[:, batch.input_ids.shape[1] :]
-        return [text.strip() for text in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        cleanup = {"clean_up_tokenization_spaces": False} if o.prompt_format == "trace" else {}
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True, **cleanup)
+        return [text.strip() for text in texts] if o.strip_predictions else list(texts)
 
     def targets(self, batch: LMBatch) -> list[Any]:
         return list(batch.answers)
@@ -333,9 +407,11 @@ def build_backbone(config: CausalLMConfig, device: str | torch.device | None = N
         raise ConfigError(
             "backbone.chat_template", "on", "'off' or 'auto': this tokenizer has no chat template"
         )
-    use_template = config.chat_template == "on" or (config.chat_template == "auto" and has_template)
+    use_template = config.prompt_format == "split" and (
+        config.chat_template == "on" or (config.chat_template == "auto" and has_template)
+    )
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     dev = torch.device(config.device or device or "cpu")
     model.to(dev)
-    return CausalLMBackbone(model, tokenizer, config.max_length, use_template, dev)
+    return CausalLMBackbone(model, tokenizer, config.max_length, use_template, dev, options=config)

@@ -5,23 +5,37 @@ prompt features t_c = g(template(c)),
 
     logits[i, c] = exp(logit_scale) * <f(x_i), t_c>.
 
-Training loss on the current task (METHODS.md), for a batch of N images with labels y_i among the
-task's C classes, prompts made with ``templates[0]``:
+Training loss on task t (METHODS.md), for a batch of N images with labels y_i among the task's C
+classes, prompts made with ``templates[0]``, S = the classes of tasks 1..t-1 (``seen_class_count``),
+s = exp(logit_scale) and logits[i, c] over the current classes only:
 
     image->text:  L_i2t = mean_i CE(logits[i, :], y_i)
-    text->image:  L_t2i = mean_{c in U} ( - sum_i q[c, i] * log softmax_i(logits[:, c])_i ),
-                  q[c, i] = 1[y_i = c] / n_c,  U = classes present in the batch, n_c = their counts
     loss = L_i2t + t2i_weight * L_t2i
 
-The text->image term is CLIP's caption-to-image cross-entropy generalised to several images per
-class: each class prompt in the batch should pick out its own images among the batch, and when n_c
-images share class c the target is spread uniformly over them (soft-target cross-entropy). With one
-image per class it is exactly CLIP's term. ``t2i_weight=0`` gives the image->text loss alone.
+    text->image, ``t2i_loss="official"`` (default; MoRAM XTAIL/models/moram.py and CoDyRA
+    models/codyra.py, ``F.cross_entropy(t_logits, mask)``):
+        L_t2i = 1/(S + C) * sum_c sum_{i: y_i = c} -log softmax_i(logits[:, c])_i
+    text->image, ``t2i_loss="per_class_present"`` (rankwise's earlier form):
+        L_t2i = mean_{c in U} ( - sum_i q[c, i] * log softmax_i(logits[:, c])_i ),
+        q[c, i] = 1[y_i = c] / n_c,  U = classes present in the batch, n_c = their counts
+
+The official code scores the image against all S + C prompts of tasks 1..t with the S seen ones
+set to -inf, which is exactly CE over the C current classes, so the seen prompts are never encoded
+here. Its text->image term is a cross-entropy with an unnormalised multi-hot target per prompt
+(mask[c, i] = 1[y_i = c]) averaged over all S + C prompts: prompts without an image in the batch (every
+seen one) add 0 but count in the mean, so the term shrinks as tasks accumulate (about 0.63 on the
+last X-TAIL task against 11.0 for the per-class-present form, random features, batch 64). Both
+forms use the same s. ``per_class_present`` is the natural multi-positive generalisation of CLIP's
+caption->image term and does not depend on S; it is kept so that runs made before the official form
+became the default can be reproduced, not because it is known to train better.
+``t2i_weight=0`` gives the image->text loss alone (the official code with only the text encoder
+adapted, ``target_encoder=text``).
 
 Evaluation encodes every class of ``task.eval_class_names`` (the union of all tasks' classes for
 X-TAIL; ``task.info["eval_segments"]`` tells which templates belong to which block of classes) with
 all templates averaged (normalise each, mean, normalise again) or the first only, caches those text
-features until the model's parameters change, and predicts argmax indices in that label space.
+features while nothing the text tower computes with changes (``prompt_cache.py``), and predicts
+argmax indices in that label space.
 """
 
 from __future__ import annotations
@@ -38,10 +52,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from rankwise.backbones.prompt_cache import PromptFeatureCache
 from rankwise.errors import ConfigError, DataError, choices
 from rankwise.tasks import Task
 
 EVAL_TEMPLATE_MODES = ("average", "first")
+T2I_LOSS_FORMS = ("official", "per_class_present")
 _TEXT_CHUNK = 256
 
 
@@ -81,11 +97,18 @@ def _check_t2i(value: float) -> None:
         raise ConfigError("backbone.t2i_weight", value, "a number >= 0")
 
 
+def _check_t2i_loss(value: str) -> None:
+    if value not in T2I_LOSS_FORMS:
+        raise ConfigError("backbone.t2i_loss", value, choices(T2I_LOSS_FORMS))
+
+
 class ClipBackbone:
     """Shared CLIP logic; subclasses provide `_encode_pixels`, `_encode_prompts` and `logit_scale`."""
 
     model: nn.Module
     default_target_preset: str = ""
+    #: name prefixes of the image tower's modules: text features never depend on them
+    image_modules: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -95,6 +118,7 @@ class ClipBackbone:
         device: str | torch.device,
         eval_templates: str = "average",
         t2i_weight: float = 1.0,
+        t2i_loss: str = "official",
     ) -> None:
         self.model = model
         self.preprocess_train = preprocess_train
@@ -102,7 +126,10 @@ class ClipBackbone:
         self.device = torch.device(device)
         self.eval_templates = eval_templates
         self.t2i_weight = float(t2i_weight)
-        self._text_cache: dict[Any, torch.Tensor] = {}
+        _check_t2i_loss(t2i_loss)
+        self.t2i_loss = t2i_loss
+        # keyed on the text tower's whole state (prompt_cache.py); the image tower is left out
+        self.prompt_cache = PromptFeatureCache(exclude=self.image_modules)
 
     # --- model specific -------------------------------------------------------------------
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -142,15 +169,13 @@ class ClipBackbone:
         segments = task.info.get("eval_segments") if task.eval_class_names else None
         if not segments:
             segments = [{"offset": 0, "count": len(names), "templates": task.templates}]
-        key = (
+        request = (
             tuple(names),
             tuple((s["offset"], s["count"], tuple(s["templates"])) for s in segments),
             self.eval_templates,
-            self.model.training,
-            tuple((id(p), p._version) for p in self.model.parameters()),
         )
-        if key not in self._text_cache:
-            self._text_cache.clear()
+
+        def compute() -> torch.Tensor:
             feats = []
             for s in sorted(segments, key=lambda s: s["offset"]):
                 block = names[s["offset"] : s["offset"] + s["count"]]
@@ -160,8 +185,9 @@ class ClipBackbone:
                 raise DataError(
                     f"task {task.name!r}: eval_segments cover {features.shape[0]} of {len(names)} classes"
                 )
-            self._text_cache[key] = features
-        return self._text_cache[key]
+            return features
+
+        return self.prompt_cache.get(self.model, request, compute)
 
     # --- Backbone protocol ----------------------------------------------------------------
     def collate(self, examples: Sequence[Any], task: Task, train: bool) -> ClipBatch:
@@ -181,7 +207,7 @@ class ClipBackbone:
         image = self.encode_images(batch.pixels)
         text = self.encode_texts([task.templates[0].format(c) for c in task.class_names])
         logits = self.logit_scale().exp() * image @ text.t()
-        return clip_loss(logits, batch.labels, self.t2i_weight)
+        return clip_loss(logits, batch.labels, self.t2i_weight, self.t2i_loss, seen_class_count(task))
 
     @torch.no_grad()
     def predict(self, batch: ClipBatch, task: Task) -> list[int]:
@@ -192,16 +218,39 @@ class ClipBackbone:
         return list(batch.eval_labels)
 
 
-def clip_loss(logits: torch.Tensor, labels: torch.Tensor, t2i_weight: float = 1.0) -> torch.Tensor:
-    """L_i2t + t2i_weight * L_t2i for logits (N images, C classes) and labels (N,) (module docstring)."""
+def clip_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    t2i_weight: float = 1.0,
+    t2i_loss: str = "official",
+    num_seen: int = 0,
+) -> torch.Tensor:
+    """L_i2t + t2i_weight * L_t2i for logits (N images, C current classes) and labels (N,).
+
+    ``t2i_loss="official"`` is the MoRAM / CoDyRA training loss, with ``num_seen`` = S classes of the
+    earlier tasks; ``"per_class_present"`` is rankwise's earlier form (module docstring).
+    """
+    _check_t2i_loss(t2i_loss)
     loss = F.cross_entropy(logits, labels)
     if t2i_weight == 0:
         return loss
+    if t2i_loss == "official":
+        # softmax over the batch's images for every class prompt; only each image's own class row has a
+        # target, and rows of classes without an image (all S seen ones included) add 0 but still count
+        log_p = F.log_softmax(logits.t(), dim=1)  # (C, N)
+        picked = log_p[labels, torch.arange(labels.shape[0], device=labels.device)]
+        return loss + t2i_weight * (-picked.sum() / (int(num_seen) + logits.shape[1]))
     present = torch.unique(labels)
     q = (labels[None, :] == present[:, None]).float()  # (|U|, N)
     q = q / q.sum(dim=1, keepdim=True)
     log_p = F.log_softmax(logits[:, present].t(), dim=1)  # softmax over the batch's images
     return loss + t2i_weight * (-(q * log_p).sum(dim=1).mean())
+
+
+def seen_class_count(task: Task) -> int:
+    """S, the classes of the tasks before `task`: ``task.info["seen_class_count"]`` when the scenario
+    records it, else ``task.label_offset`` (a union label space puts each task after the earlier ones)."""
+    return int(task.info.get("seen_class_count", task.label_offset))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,17 +286,26 @@ class OpenClipConfig:
     device: str | None = field(default=None, metadata={"help": "device; null = the engine's device"})
     eval_templates: str = field(default="average", metadata={"help": "evaluation prompts: average | first"})
     t2i_weight: float = field(default=1.0, metadata={"help": "weight of the text->image loss term"})
+    t2i_loss: str = field(
+        default="official",
+        metadata={
+            "help": "text->image loss: 'official' (MoRAM/CoDyRA: multi-hot cross-entropy averaged over "
+            "all seen + current class prompts) or 'per_class_present' (rankwise's earlier form)"
+        },
+    )
     train_augment: bool = field(
         default=False,
         metadata={
-            "help": "use open_clip's training transform (random resized crop); false = the "
-            "evaluation transform, as the CLIP continual-learning code bases do"
+            "help": "train on open_clip's training transform (RandomResizedCrop scale (0.9, 1), "
+            "bicubic), as the official CoDyRA/MoRAM code does (the paper presets set true); "
+            "false = the evaluation transform (resize + center crop), a deviation"
         },
     )
 
     def __post_init__(self) -> None:
         _check_eval_templates(self.eval_templates)
         _check_t2i(self.t2i_weight)
+        _check_t2i_loss(self.t2i_loss)
         if isinstance(self.model_config, str) and not Path(self.model_config).is_file():
             raise ConfigError("backbone.model_config", self.model_config, "a dict or an existing JSON file")
         if isinstance(self.model_config, dict):
@@ -260,6 +318,7 @@ class OpenClipBackbone(ClipBackbone):
     """open_clip CLIP: ``encode_image`` / ``encode_text`` with the model's own tokenizer and transforms."""
 
     default_target_preset = "open_clip"
+    image_modules = ("visual",)
 
     def __init__(
         self, model: nn.Module, tokenizer: Any, preprocess_train: Any, preprocess_eval: Any, **kw: Any
@@ -357,6 +416,7 @@ def build_open_clip(config: OpenClipConfig, device: str | torch.device | None = 
         device=device,
         eval_templates=config.eval_templates,
         t2i_weight=config.t2i_weight,
+        t2i_loss=config.t2i_loss,
     )
 
 
@@ -394,10 +454,18 @@ class HFClipConfig:
     device: str | None = field(default=None, metadata={"help": "device; null = the engine's device"})
     eval_templates: str = field(default="average", metadata={"help": "evaluation prompts: average | first"})
     t2i_weight: float = field(default=1.0, metadata={"help": "weight of the text->image loss term"})
+    t2i_loss: str = field(
+        default="official",
+        metadata={
+            "help": "text->image loss: 'official' (MoRAM/CoDyRA: multi-hot cross-entropy averaged over "
+            "all seen + current class prompts) or 'per_class_present' (rankwise's earlier form)"
+        },
+    )
 
     def __post_init__(self) -> None:
         _check_eval_templates(self.eval_templates)
         _check_t2i(self.t2i_weight)
+        _check_t2i_loss(self.t2i_loss)
         if not self.path or not (Path(self.path) / "config.json").is_file():
             raise ConfigError("backbone.path", self.path, "a folder containing a CLIPModel config.json")
 
@@ -406,6 +474,7 @@ class HFClipBackbone(ClipBackbone):
     """transformers CLIP: ``get_image_features`` / ``get_text_features`` with its CLIPProcessor."""
 
     default_target_preset = "hf_clip"
+    image_modules = ("vision_model", "visual_projection")
 
     def __init__(self, model: nn.Module, tokenizer: Any, image_processor: Any, **kw: Any):
         def transform(image: Image.Image) -> torch.Tensor:
@@ -448,4 +517,5 @@ def build_hf_clip(config: HFClipConfig, device: str | torch.device | None = None
         device=device,
         eval_templates=config.eval_templates,
         t2i_weight=config.t2i_weight,
+        t2i_loss=config.t2i_loss,
     )

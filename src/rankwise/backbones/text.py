@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankwise.backbones.prompt_cache import PromptFeatureCache
 from rankwise.errors import ConfigError, DataError, choices
 from rankwise.tasks import ClassificationExample, Task
 
@@ -137,7 +138,7 @@ class SentenceEncoderBackbone:
         self.tokenizer = tokenizer
         self.config = config
         self.device = device
-        self._prompt_cache: dict[tuple[Any, ...], torch.Tensor] = {}
+        self.prompt_cache = PromptFeatureCache()
 
     # -- encoding ---------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -186,22 +187,14 @@ class SentenceEncoderBackbone:
         per_template = torch.stack([self.embed([t.format(c) for c in classes]) for t in templates])
         return F.normalize(per_template.mean(dim=0), dim=-1)
 
-    def _model_signature(self) -> tuple[Any, ...]:
-        # Changes whenever a parameter is replaced (adapter injection, new MoRAM atoms) or updated in
-        # place (optimizer steps, CoDyRA merges bump the tensor version counter).
-        return tuple((name, id(p), p._version) for name, p in self.model.named_parameters()) + tuple(
-            (name, id(b), b._version) for name, b in self.model.named_buffers()
-        )
-
     def _eval_prompts(self, task: Task) -> torch.Tensor:
+        """Evaluation class prompts, kept while nothing the encoder computes with changes (prompt_cache.py)."""
         classes, templates, mode = self._classes(task), self._templates(task), self.config.eval_templates
-        key = (tuple(classes), tuple(templates), mode, self._model_signature())
-        cached = self._prompt_cache.get(key)
-        if cached is None:
-            self._prompt_cache.clear()  # older entries belong to an older model state
-            cached = self.prompt_embeddings(classes, templates, mode)
-            self._prompt_cache[key] = cached
-        return cached
+        return self.prompt_cache.get(
+            self.model,
+            (tuple(classes), tuple(templates), mode),
+            lambda: self.prompt_embeddings(classes, templates, mode),
+        )
 
     # -- Backbone protocol ------------------------------------------------------------------
     def collate(self, examples: Sequence[ClassificationExample], task: Task, train: bool) -> dict[str, Any]:

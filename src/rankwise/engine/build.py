@@ -16,9 +16,10 @@ from rankwise import io
 from rankwise.config import ADAPTER_METHODS, RunConfig, resolve_method
 from rankwise.engine import checkpoint as ckpt
 from rankwise.engine import distributed as ddp
+from rankwise.engine import memory
 from rankwise.engine.device import apply_threads, choose_device, seed_everything
 from rankwise.engine.evaluate import validate_tasks
-from rankwise.errors import CheckpointError
+from rankwise.errors import CheckpointError, ConfigError
 from rankwise.registry import BACKBONES, SCENARIOS
 from rankwise.tasks import Task
 
@@ -36,7 +37,10 @@ class Parts:
 
 # -- building ---------------------------------------------------------------------------------------
 def checkpoint_dir(run_dir: Path, index: int, task: Task) -> Path:
-    return run_dir / "checkpoints" / f"task_{index + 1}_{task.name}"
+    """``checkpoints/task_<i>_<name>``, a safe folder name even for a task named ``x/../..``, proven inside."""
+    from rankwise.engine.rundir import inside, task_folder_name
+
+    return inside(run_dir, run_dir / "checkpoints" / task_folder_name(index, task.name))
 
 
 def build_base(config: RunConfig) -> Parts:
@@ -55,6 +59,8 @@ def build_base(config: RunConfig) -> Parts:
     backbone = BACKBONES[config.backbone.name].load_factory()(config.backbone.config, device)
     if config.method.name in ADAPTER_METHODS:
         resolve_method(config.method, backbone.default_target_preset)
+    per_rank = max(config.train.batch_size // max(dist.world_size, 1), 1)
+    memory.check_batch_memory(backbone, tasks, per_rank, device)
     return Parts(tasks, backbone, backbone.model, device, dist)
 
 
@@ -64,11 +70,21 @@ def attach_method(parts: Parts, config: RunConfig, restore_from: Path | None = N
     if method in ADAPTER_METHODS:
         import rankwise
 
-        if restore_from is not None:
-            ckpt.verify_dir(restore_from)
-            parts.model = rankwise.load_model(parts.backbone.model, restore_from)
-        else:
-            parts.model = rankwise.get_model(parts.backbone.model, config.method.config)
+        adapter_config = config.method.config
+        memory.check_adapter_memory(parts.backbone.model, adapter_config, len(parts.tasks), parts.device)
+        try:
+            if restore_from is not None:
+                ckpt.verify_dir(restore_from)
+                parts.model = rankwise.load_model(parts.backbone.model, restore_from)
+            else:
+                parts.model = rankwise.get_model(parts.backbone.model, adapter_config)
+        except (MemoryError, RuntimeError) as exc:  # past the estimate: explain a failed allocation
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if not isinstance(exc, MemoryError) and "alloc" not in text.lower() and "out of memory" not in text:
+                raise
+            raise ConfigError(
+                "method.r", adapter_config.r, f"a rank whose adapters fit in memory (allocating them failed: {text})"
+            ) from exc
     elif method == "full" and restore_from is not None:
         ckpt.verify_dir(restore_from)
         state = io.load_tensors(restore_from / "model.safetensors", device=parts.device)
@@ -77,6 +93,7 @@ def attach_method(parts: Parts, config: RunConfig, restore_from: Path | None = N
             raise CheckpointError(
                 f"{restore_from} does not fit the model: keys differ, e.g. {sorted(differ)[:3]}"
             )
+        ckpt.check_shapes(parts.backbone.model.state_dict(), state, restore_from / "model.safetensors")
         parts.backbone.model.load_state_dict(state)
 
 

@@ -7,7 +7,8 @@ Layout inside a run directory::
     state/snap_<n>/                tensors.safetensors + meta.json + checksums.json of one snapshot
 
 A snapshot holds the trainable tensors of the current task, the optimizer and scheduler states and
-every RNG state. Structures go to JSON and tensors to safetensors through `flatten` / `unflatten`
+every RNG state; at a task boundary with ``method.keep_optimizer`` it holds the finished task's
+optimizer state (``kept_optimizer``), which the next task's optimizer continues from. Structures go to JSON and tensors to safetensors through `flatten` / `unflatten`
 (no pickle). A directory is written under a temporary name, checksummed, then renamed, and only then
 does `state.json` point at it (atomic replace), so a kill at any moment leaves the previous
 consistent state. Every load verifies SHA-256 checksums first: a truncated or corrupted file raises
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -101,25 +103,42 @@ def verify_dir(directory: str | os.PathLike[str]) -> None:
             )
 
 
+def check_shapes(needed: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], path: Path) -> None:
+    """CheckpointError naming the first tensor of `saved` whose shape differs from the model's, with both
+    shapes (e.g. the backbone section of a run's config.yaml was edited after the run saved it)."""
+    differ = [k for k in needed if k in saved and tuple(saved[k].shape) != tuple(needed[k].shape)]
+    if differ:
+        key = differ[0]
+        more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
+        raise CheckpointError(
+            f"{path}: tensor {key} has shape {tuple(saved[key].shape)} but the model built from the config "
+            f"needs {tuple(needed[key].shape)}{more}; was the config's backbone changed after this was saved?"
+        )
+
+
 def write_dir_atomically(directory: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp_dir), checksum it, then rename it to `directory` (replacing an older copy)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # a leftover of a killed write: never referenced by any state
-    tmp.mkdir()
-    write(tmp)
-    write_checksums(tmp)
-    if directory.exists():
-        old = directory.parent / f".{directory.name}.old"
-        if old.exists():
+    """Call write(tmp_dir), checksum it, then rename it to `directory` (replacing an older copy).
+
+    Disk full / file-size limit / read-only raise StorageError naming `directory`; the older copy stays.
+    """
+    with io.storage_errors(directory):
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = directory.parent / f".{directory.name}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)  # a leftover of a killed write: never referenced by any state
+        tmp.mkdir()
+        write(tmp)
+        write_checksums(tmp)
+        if directory.exists():
+            old = directory.parent / f".{directory.name}.old"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(directory, old)
+            os.replace(tmp, directory)
             shutil.rmtree(old)
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, directory)
-    io._fsync_dir(directory.parent)
+        else:
+            os.replace(tmp, directory)
+        io._fsync_dir(directory.parent)
 
 
 # -- snapshots ------------------------------------------------------------------------------------
@@ -151,20 +170,43 @@ def write_state(state_dir: Path, state: dict[str, Any]) -> None:
     io.write_json(state_dir / "state.json", {"version": STATE_VERSION, **state})
 
 
+# what state.json must hold, by key: the type and what it means
+STATE_FIELDS = {
+    "task_index": int,
+    "iteration": int,
+    "snapshot": str,
+    "rows": list,
+    "snapshot_seq": int,
+    "finished": bool,
+    "num_events": int,
+}
+
+
 def read_state(state_dir: Path) -> dict[str, Any] | None:
+    """The commit record, checked: CheckpointError names the file and the bad field (never a KeyError later)."""
     path = state_dir / "state.json"
     if not path.exists():
         return None
     state = io.read_json(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} should hold a JSON object, found {type(state).__name__} (corrupted?)")
     if state.get("version") != STATE_VERSION:
         raise CheckpointError(
             f"{path} has version {state.get('version')!r}; this rankwise reads {STATE_VERSION}"
         )
+    for key, kind in STATE_FIELDS.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise CheckpointError(
+                f"{path}: field {key!r} is {str(value)[:40]!r}, expected a {kind.__name__} (corrupted?)"
+            )
+    if not re.fullmatch(r"snap_\d+", state["snapshot"]):
+        raise CheckpointError(f"{path}: field 'snapshot' is {state['snapshot'][:40]!r}, expected snap_<number>")
     return state
 
 
 def prune_snapshots(state_dir: Path, keep: str | None) -> None:
     """Remove snapshot dirs other than `keep` (internal resume data only, never user files)."""
     for path in state_dir.glob("snap_*"):
-        if path.name != keep and path.is_dir():
+        if path.name != keep and path.is_dir() and not path.is_symlink():  # never follow a link out
             shutil.rmtree(path)

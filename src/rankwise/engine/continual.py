@@ -15,6 +15,7 @@ and evaluation are sharded, gradients averaged, and only rank 0 writes the run d
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,26 @@ from rankwise.engine.build import (  # noqa: F401  (build_parts, save_task_check
 )
 from rankwise.engine.device import derived_seed, rng_state, seed_everything, set_rng_state
 from rankwise.engine.evaluate import evaluate_all
-from rankwise.engine.rundir import load_result, load_run_config, prepare_run_dir, tasks_record
-from rankwise.engine.trainer import NonFiniteLossError, StepLog, make_optimizer, make_scheduler, train_task
-from rankwise.errors import CheckpointError, ConfigError, RankwiseError
+from rankwise.engine.rundir import (
+    check_output_dir,
+    check_run_name,
+    ensure_metrics,
+    inside,
+    load_result,
+    load_run_config,
+    open_run_dir,
+    tasks_record,
+    write_metrics,
+)
+from rankwise.engine.trainer import (
+    NonFiniteLossError,
+    StepLog,
+    carry_optimizer_state,
+    make_optimizer,
+    make_scheduler,
+    train_task,
+)
+from rankwise.errors import CheckpointError, ConfigError, RankwiseError, StorageError
 from rankwise.metrics import summarize
 from rankwise.tasks import Task
 
@@ -52,6 +70,7 @@ class RunResult:
     metrics: dict[str, Any]
     run_dir: Path
     task_names: list[str] = field(default_factory=list)
+    already_finished: bool = False  # a --resume of a run that had finished: nothing was run
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -65,6 +84,12 @@ class _Run:
         self.events: list[dict[str, Any]] = []
         self.rows: list[list[float]] = []
         self.snapshot_seq = 0
+        self.lock = None  # rank 0's lock on the run directory, held until the run ends
+        self.kept_optimizer: dict[str, Any] | None = None  # method.keep_optimizer: the last task's state
+
+    def path(self, *parts: str) -> Path:
+        """A path in the run directory, proven to resolve inside it (links followed)."""
+        return inside(self.run_dir, self.run_dir.joinpath(*parts))
 
     def say(self, message: str) -> None:
         if not self.quiet:
@@ -72,21 +97,24 @@ class _Run:
 
             tqdm.write(message)
 
-    def write_results(self, tasks: list[Task]) -> None:
+    def write_results(self, tasks: list[Task], finished: bool = False) -> None:
+        """Matrix, events and, once finished, metrics.json: all before the commit that says so."""
         if not self.dist.is_main:
             return
         names = [t.name for t in tasks]
         labels = ["zero-shot"] + [f"after {n}" for n in names[: len(self.rows) - 1]]
         io.write_json(
-            self.run_dir / "accuracy_matrix.json",
+            self.path("accuracy_matrix.json"),
             {"tasks": names, "rows": labels, "matrix": self.rows, "metric": [t.metric for t in tasks]},
         )
         text = "row," + ",".join(names) + "\n"
         text += "".join(
             f"{lab}," + ",".join(f"{v:.4f}" for v in row) + "\n" for lab, row in zip(labels, self.rows)
         )
-        io.write_text(self.run_dir / "accuracy_matrix.csv", text)
-        io.write_text(self.run_dir / "events.jsonl", "".join(io.json.dumps(e) + "\n" for e in self.events))
+        io.write_text(self.path("accuracy_matrix.csv"), text)
+        io.write_text(self.path("events.jsonl"), "".join(io.json.dumps(e) + "\n" for e in self.events))
+        if finished:
+            write_metrics(self.path("metrics.json"), self.config, names, self.rows)
 
     def commit(
         self, tasks, task_index: int, iteration: int, structured: dict[str, Any], finished=False
@@ -99,12 +127,12 @@ class _Run:
         self.snapshot_seq += 1
         if not self.dist.is_main:
             return
-        self.write_results(tasks)
+        self.write_results(tasks, finished)
         name = f"snap_{self.snapshot_seq:06d}"
         (meta, rng_tensors), others = states[0], states[1:]
         extra = {f"rng_rank{r}": t for r, (_, t) in enumerate(others, start=1)}
         ckpt.save_snapshot(
-            self.state_dir / name,
+            self.path("state", name),
             {"rng": meta, "rng_ranks": [m for m, _ in states]},
             {"rng": rng_tensors, **extra, **structured},
         )
@@ -137,8 +165,15 @@ def run_experiment(
     overwrite: bool = False,
     quiet: bool = False,
 ) -> RunResult:
-    """Run (or resume) the continual-learning experiment described by `config`; see module docstring."""
+    """Run (or resume) the continual-learning experiment described by `config`; see module docstring.
+
+    Only one process may use a run directory at a time (see runlock.py). Resuming a finished run runs
+    nothing and returns its result with ``already_finished=True``.
+    """
+    if run_dir is None and not config.output.dir:
+        check_run_name(config.name)  # it becomes runs/<name>
     run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
+    check_output_dir(run_dir, "--resume" if resume else "output.dir")
     config.output.dir = str(run_dir)
     # build + validate everything before touching the run directory (a resume restores later)
     parts = build_base(config)
@@ -148,21 +183,41 @@ def run_experiment(
         attach_method(parts, config)
     resolved = config.to_dict()
     state = _prepare_on_rank0(run, parts, resolved, resume, overwrite)
+    try:
+        return _continue(run, parts, state, resume)
+    except StorageError as exc:
+        if (run_dir / "state" / "state.json").is_file():
+            raise StorageError(
+                f"{exc}; the last committed state in {run_dir} is intact: continue with --resume {run_dir}"
+            ) from exc
+        raise
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def _continue(run: _Run, parts: Parts, state: dict[str, Any] | None, resume: bool) -> RunResult:
+    """The loop from the saved `state` (None: from the start) to the end."""
+    config, run_dir, dist, tasks = run.config, run.run_dir, parts.dist, parts.tasks
     if state is not None and state.get("finished"):
-        run.say(f"{run_dir} is already finished; nothing to resume")
-        return load_result(run_dir)
-    tasks = parts.tasks
+        if dist.is_main:  # a kill between the final commit and metrics.json (older runs)
+            ensure_metrics(run.path("metrics.json"), config, [t.name for t in tasks], state["rows"], run.say)
+        ddp.barrier(dist)
+        result = load_result(run_dir)
+        result.already_finished = True
+        return result
     start_task, start_iter, structured = 0, 0, {}
     if state is not None:
         run.rows = [list(r) for r in state["rows"]]
         run.snapshot_seq = int(state["snapshot_seq"])
-        events_path = run_dir / "events.jsonl"
-        lines = events_path.read_text(encoding="utf-8").splitlines() if events_path.exists() else []
-        run.events = [io.json.loads(line) for line in lines[: int(state["num_events"])]]
+        run.events = io.read_jsonl(run.path("events.jsonl"), int(state["num_events"]))
         start_task, start_iter = int(state["task_index"]), int(state["iteration"])
-        meta, structured = ckpt.load_snapshot(run_dir / "state" / state["snapshot"])
+        if not 0 <= start_task <= len(tasks):
+            raise CheckpointError(f"{run_dir / 'state' / 'state.json'}: task_index {start_task} is outside 0..{len(tasks)}")
+        meta, structured = ckpt.load_snapshot(run.path("state", state["snapshot"]))
         structured["rng_meta"] = meta["rng"]
         structured["rng_ranks_meta"] = meta.get("rng_ranks")
+        run.kept_optimizer = structured.get("kept_optimizer")
         restore = checkpoint_dir(run_dir, start_task - 1, tasks[start_task - 1]) if start_task > 0 else None
         attach_method(parts, config, restore)
         _restore_rng(run, structured)
@@ -199,12 +254,15 @@ def _prepare_on_rank0(
     outcome: tuple[str, Any] | None = None
     if run.dist.is_main:
         try:
-            state = prepare_run_dir(run.run_dir, resolved, resume, overwrite, run.say)
+            # taking over a stale lock is said even with --quiet: someone's run died there
+            state, run.lock = open_run_dir(run.run_dir, resolved, resume, overwrite, run.say, warn=_warn)
             if state is None:
-                io.write_text(run.run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-                io.write_json(run.run_dir / "tasks.json", tasks_record(parts.tasks))
+                io.write_text(run.path("config.yaml"), yaml.safe_dump(resolved, sort_keys=False))
+                io.write_json(run.path("tasks.json"), tasks_record(parts.tasks))
             outcome = ("ok", state)
         except Exception as exc:
+            if run.lock is not None:
+                run.lock.release()
             if not run.dist.enabled:
                 raise
             ddp.broadcast_object(("error", f"{type(exc).__name__}: {exc}"), run.dist)
@@ -213,6 +271,10 @@ def _prepare_on_rank0(
     if outcome[0] == "error":
         raise RankwiseError(f"rank 0 could not prepare {run.run_dir}: {outcome[1]}")
     return outcome[1]
+
+
+def _warn(message: str) -> None:
+    print(f"rankwise: {message}", file=sys.stderr)
 
 
 def _restore_rng(run: _Run, structured: dict[str, Any]) -> None:
@@ -254,6 +316,9 @@ def _run_task(run: _Run, parts: Parts, tasks: list[Task], index: int, start_iter
     ddp.broadcast_parameters(params.values(), parts.dist)  # same starting point on every rank
     optimizer = make_optimizer(list(params.values()), cfg)
     scheduler = make_scheduler(optimizer, cfg)
+    keep = method in ADAPTER_METHODS and bool(getattr(parts.model.config, "keep_optimizer", False))
+    if keep and start_iter == 0 and run.kept_optimizer is not None:
+        carry_optimizer_state(optimizer, run.kept_optimizer)  # one optimizer for the run (official TRACE)
     if start_iter > 0:
         if set(saved.get("params", {})) != set(params):
             raise CheckpointError("the snapshot's trainable tensors do not match this model's; cannot resume")
@@ -281,6 +346,7 @@ def _run_task(run: _Run, parts: Parts, tasks: list[Task], index: int, start_iter
                     "lr": log.lr,
                     "examples_per_s": round(log.examples_per_s, 2),
                     "grad_norm": log.grad_norm,
+                    **log.extra,  # CoDyRA: the prox threshold k of this step (None while dense)
                 }
             )
         if log.iteration % cfg.checkpoint_every == 0 and log.iteration < cfg.iterations:
@@ -320,9 +386,13 @@ def _run_task(run: _Run, parts: Parts, tasks: list[Task], index: int, start_iter
             f"finished tasks are kept in {run.run_dir}"
         ) from None
     bar.close()
+    if keep:
+        run.kept_optimizer = optimizer.state_dict()
     report: list[dict[str, Any]] | None = None
     if method in ADAPTER_METHODS:
         parts.model.end_task()
+        # MoRAM fresh_atoms='end_task' draws the next task's atoms now: rank 0's on every rank
+        ddp.broadcast_parameters(parts.model.trainable_parameters(), parts.dist)
     ddp.check_in_sync(parts.model, parts.dist, f"after task {index + 1} ({task.name!r})")
     if parts.dist.is_main:
         save_task_checkpoint(checkpoint_dir(run.run_dir, index, task), method, parts.model)
@@ -344,35 +414,31 @@ def _run_task(run: _Run, parts: Parts, tasks: list[Task], index: int, start_iter
             "rank_report": report,
         }
     )
-    run.commit(tasks, index + 1, 0, {}, finished=index + 1 == len(tasks))
+    carried = {"kept_optimizer": run.kept_optimizer} if keep else {}
+    run.commit(tasks, index + 1, 0, carried, finished=index + 1 == len(tasks))
 
 
 def _finish(run: _Run, tasks: list[Task]) -> RunResult:
+    """The result of a run whose final commit (with metrics.json) is written."""
     matrix = np.asarray(run.rows, dtype=np.float64)
-    metrics = summarize(matrix)
-    if not run.dist.is_main:
-        return RunResult(matrix, metrics, run.run_dir, [t.name for t in tasks])
-    io.write_json(
-        run.run_dir / "metrics.json",
-        {
-            "method": run.config.method.name,
-            "name": run.config.name,
-            "tasks": [t.name for t in tasks],
-            **metrics,
-        },
-    )
-    return RunResult(matrix, metrics, run.run_dir, [t.name for t in tasks])
+    return RunResult(matrix, summarize(matrix), run.run_dir, [t.name for t in tasks])
 
 
 def evaluate_run(
-    run_dir: str | Path, task_names: list[str] | None = None, quiet: bool = True
+    run_dir: str | Path,
+    task_names: list[str] | None = None,
+    quiet: bool = True,
+    inference_options: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Re-evaluate the latest task checkpoint of a saved run on the chosen tasks (default: all)."""
+    """Re-evaluate the latest task checkpoint of a saved run on the chosen tasks (default: all).
+
+    `inference_options` (MoRAM: top_k / tau / delta) go to `RankwiseModel.set_inference_options`.
+    """
     from rankwise.errors import choices
 
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    state = ckpt.read_state(run_dir / "state")
+    state = ckpt.read_state(inside(run_dir, run_dir / "state"))
     done = 0 if state is None else len(state["rows"]) - 1
     parts = build_base(config)
     names = [t.name for t in parts.tasks]
@@ -383,6 +449,12 @@ def evaluate_run(
     if config.method.name != "zero-shot" and done > 0:
         restore = checkpoint_dir(run_dir, done - 1, parts.tasks[done - 1])
     attach_method(parts, config, restore)
+    if inference_options:
+        if config.method.name not in ADAPTER_METHODS:
+            raise ConfigError(
+                "--set", inference_options, f"MoRAM inference options; this run is {config.method.name!r}"
+            )
+        parts.model.set_inference_options(**inference_options)
     chosen = [t for t in parts.tasks if not task_names or t.name in task_names]
     run = _Run(config, run_dir, quiet, parts.dist)
     return dict(zip([t.name for t in chosen], _evaluate(run, parts, chosen, "checkpoint")))

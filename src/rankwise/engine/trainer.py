@@ -2,7 +2,9 @@
 
 One optimizer step (iteration ``it``, 1-based) = ``grad_accumulation`` micro-batches, each
 ``loss / grad_accumulation`` back-propagated, optional global-norm clipping, ``optimizer.step()``,
-``scheduler.step()``, then ``model.after_optimizer_step(it, total)`` (CoDyRA's proximal gate step).
+``scheduler.step()``, then ``model.after_optimizer_step(it, total)`` (CoDyRA's proximal gate step,
+with the threshold the reference loop uses at its 0-based iteration ``it - 1``). What that call returns
+(CoDyRA: ``{"k": k}``) is reported in ``StepLog.extra``.
 
 The learning rate at step ``it`` is ``lr * f(it - 1)`` with a linear warmup over
 ``warmup_iterations`` then cosine decay to 0 (or constant). Data order is a pure function of
@@ -43,6 +45,29 @@ def make_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.op
         raise RankwiseError("no trainable parameters for this task (did the adapter match any layer?)")
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+def carry_optimizer_state(optimizer: torch.optim.Optimizer, previous: dict[str, Any]) -> None:
+    """Give `optimizer` the per-parameter state of `previous` (an optimizer state_dict), in order.
+
+    The official TRACE runner builds one optimizer for the whole task sequence and re-initialises the
+    trainable factors in place, so Adam's moments and step count run on across tasks. Here each task has
+    fresh parameter objects and a fresh optimizer; loading the previous task's state onto them (the i-th
+    parameter gets the i-th state) reproduces that. Hyper-parameters (lr, betas, ...) stay this
+    optimizer's own.
+    """
+    current = optimizer.state_dict()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if [len(g["params"]) for g in current["param_groups"]] != [len(g["params"]) for g in previous["param_groups"]]:
+        raise RankwiseError("keep_optimizer: the new task's trainable tensors do not match the previous task's")
+    for index, state in previous["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != params[int(index)].shape:
+                raise RankwiseError(
+                    f"keep_optimizer: state {key!r} of parameter {index} has shape {tuple(value.shape)}, "
+                    f"the new task's tensor {tuple(params[int(index)].shape)}"
+                )
+    optimizer.load_state_dict({"state": previous["state"], "param_groups": current["param_groups"]})
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -89,7 +114,7 @@ class StepLog:
     lr: float
     examples_per_s: float
     grad_norm: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. CoDyRA's prox threshold {"k": k}
 
 
 def train_task(
@@ -103,7 +128,7 @@ def train_task(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     start_iteration: int,
-    after_step: Callable[[int, int], None] | None,
+    after_step: Callable[[int, int], dict[str, Any] | None] | None,
     on_step: Callable[[StepLog], None],
     device: torch.device,
     dist: DistContext = SINGLE,
@@ -141,8 +166,9 @@ def train_task(
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
-        if after_step is not None:
-            after_step(it, cfg.iterations)
+        extra = (after_step(it, cfg.iterations) or {}) if after_step is not None else {}
         elapsed = max(time.perf_counter() - started, 1e-9)
-        on_step(StepLog(it, total_loss, lr, cfg.batch_size * cfg.grad_accumulation / elapsed, grad_norm))
+        on_step(
+            StepLog(it, total_loss, lr, cfg.batch_size * cfg.grad_accumulation / elapsed, grad_norm, dict(extra))
+        )
     model.eval()

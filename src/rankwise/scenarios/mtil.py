@@ -271,6 +271,10 @@ def _load_tasks(config: MTILConfig, seed: int) -> list[Task]:
                 info=info,
             )
         )
+    seen = 0  # classes of the earlier tasks: the official CLIP loss averages over their prompts too
+    for task in tasks:
+        task.info["seen_class_count"] = seen
+        seen += len(task.class_names or [])
     return tasks
 
 

@@ -21,13 +21,20 @@ Caps subsample a task's examples: train with ``random.Random(f"{seed}/{task}/tra
 seed), test with ``random.Random(f"{test_seed}/{task}/test")`` so that every method and seed is scored
 on the same items; kept examples stay in file order.
 
-Metrics default by TRACE task name (`TRACE_METRICS`): the label tasks use exact match of the
-stripped, lower-cased generation (TRACE compares strings exactly), ScienceQA its answer letter,
-MeetingBank / 20Minuten ROUGE-L, Py150 edit similarity; other tasks use ``default_metric``.
+Metrics default by TRACE task name (`TRACE_METRICS`) to the official TRACE evaluation
+(``rankwise.trace_scoring``; ``inference/collect_results.py`` picks one score per task): C-STANCE /
+FOMC option letter + prefix rule, ScienceQA answer letter, NumGLUE-cm / -ds the Qwen2.5-Math number
+parser, MeetingBank ROUGE-L of the ``rouge`` package, 20Minuten SARI, Py150 ``fuzz.ratio`` after
+placeholder post-processing; other tasks use ``default_metric``.
+
+Epochs: ``epochs`` (int or {task: int}) with ``examples_per_step`` (the effective batch) records, per
+task, ``info["epochs"]`` and ``info["iterations"] = ceil(epochs * n_train / examples_per_step)``, the
+optimizer steps those epochs take (TRACE's runner: `TRACE_EPOCHS`, 32 examples per step).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -42,15 +49,27 @@ from rankwise.tasks import GenerationExample, Task
 SOURCES = ("folder", "shared-text")
 
 TRACE_METRICS: dict[str, str] = {
-    "C-STANCE": "exact_match",
-    "FOMC": "exact_match",
+    "C-STANCE": "trace_choice_accuracy",
+    "FOMC": "trace_choice_accuracy",
     "ScienceQA": "scienceqa_accuracy",
-    "NumGLUE-cm": "exact_match",
-    "NumGLUE-ds": "exact_match",
-    "MeetingBank": "rouge_l",
-    "20Minuten": "rouge_l",
-    "Py150": "edit_similarity",
+    "NumGLUE-cm": "numglue_accuracy",
+    "NumGLUE-ds": "numglue_accuracy",
+    "MeetingBank": "trace_rouge_l",
+    "20Minuten": "sari",
+    "Py150": "py150_similarity",
 }
+#: the official runner's task order and epochs per task (TRACE/runner_moram.sh: epochs="2,1,3,2,1,2,2,3")
+TRACE_ORDER = (
+    "C-STANCE",
+    "FOMC",
+    "MeetingBank",
+    "Py150",
+    "ScienceQA",
+    "NumGLUE-cm",
+    "NumGLUE-ds",
+    "20Minuten",
+)
+TRACE_EPOCHS: dict[str, int] = dict(zip(TRACE_ORDER, (2, 1, 3, 2, 1, 2, 2, 3)))
 TRACE_MAX_NEW_TOKENS: dict[str, int] = {
     "C-STANCE": 8,
     "FOMC": 8,
@@ -131,6 +150,15 @@ class TraceConfig:
     test_seed: int = field(
         default=0, metadata={"help": "seed of the test subsample (fixed across run seeds)"}
     )
+    epochs: int | dict | None = field(
+        default=None,
+        metadata={
+            "help": "epochs per task (int, or {task: int}); with examples_per_step sets info['iterations']"
+        },
+    )
+    examples_per_step: int | None = field(
+        default=None, metadata={"help": "examples per optimizer step (batch x accumulation x devices)"}
+    )
 
     def __post_init__(self) -> None:
         from rankwise.scoring import SCORERS
@@ -156,7 +184,16 @@ class TraceConfig:
             for name in self.tasks:
                 if name not in SHARED_TEXT_TASKS:
                     raise ConfigError("scenario.tasks", name, choices(SHARED_TEXT_TASKS))
-        for name in ("max_train", "max_test", "max_new_tokens"):
+        if (self.epochs is None) != (self.examples_per_step is None):
+            raise ConfigError(
+                "scenario.epochs" if self.epochs is None else "scenario.examples_per_step",
+                None,
+                "set together with " + ("examples_per_step" if self.epochs is None else "epochs"),
+            )
+        eps = self.examples_per_step
+        if eps is not None and (not isinstance(eps, int) or isinstance(eps, bool) or eps < 1):
+            raise ConfigError("scenario.examples_per_step", eps, "an integer >= 1 or null")
+        for name in ("max_train", "max_test", "max_new_tokens", "epochs"):
             _check_per_task(f"scenario.{name}", getattr(self, name), self.tasks)
         if not isinstance(self.metrics, Mapping):
             raise ConfigError("scenario.metrics", self.metrics, "a mapping {task: metric}")
@@ -297,6 +334,9 @@ def build_task(name: str, config: TraceConfig, seed: int) -> Task:
         n_train_available=len(splits["train"]),
         n_test_available=len(splits["test"]),
     )
+    epochs = config.cap("epochs", name)
+    if epochs is not None and config.examples_per_step is not None:
+        info.update(epochs=epochs, iterations=math.ceil(epochs * len(train) / config.examples_per_step))
     return Task(
         name=name,
         train=train,

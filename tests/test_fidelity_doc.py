@@ -1,0 +1,56 @@
+"""docs/fidelity.md: every protocol row names a test, and every named test exists.
+
+The table's last column holds one or more ``tests/PATH.py::test_name`` references (``test_name`` may
+carry a ``[param]`` suffix). This test parses the table, and for each reference checks that the file
+exists and defines that test function at module level, so the documentation cannot cite a test that
+was renamed or deleted.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "fidelity.md"
+REF = re.compile(r"(tests/[\w/]+\.py)::(\w+)(?:\[[^\]]*\])?")
+
+
+def table_rows(text: str) -> list[list[str]]:
+    rows = []
+    for line in text.splitlines():
+        if not line.startswith("|") or set(line.replace("|", "").strip()) <= {"-", ":", " "}:
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        rows.append(cells)
+    return rows[1:] if rows else rows  # drop the header
+
+
+def defined_tests(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+
+def test_every_row_names_an_existing_test():
+    rows = table_rows(DOC.read_text(encoding="utf-8"))
+    assert len(rows) >= 30, f"docs/fidelity.md has only {len(rows)} rows"
+    missing = []
+    for cells in rows:
+        refs = REF.findall(cells[-1])
+        assert refs, f"row without a test reference: {cells[0]!r}"
+        for file, name in refs:
+            path = REPO / file
+            if not path.is_file() or name not in defined_tests(path):
+                missing.append(f"{cells[0]}: {file}::{name}")
+    assert not missing, "docs/fidelity.md cites tests that do not exist:\n" + "\n".join(missing)
+
+
+def test_parser_rejects_a_bad_reference(tmp_path):
+    """The check itself can fail: a reference to a test that is not defined is reported."""
+    fake = tmp_path / "t.py"
+    fake.write_text("def test_real():\n    pass\n")
+    assert "test_real" in defined_tests(fake) and "test_ghost" not in defined_tests(fake)
+    rows = table_rows("| a | b |\n|---|---|\n| x | tests/t.py::test_ghost |\n")
+    assert rows == [["x", "tests/t.py::test_ghost"]]
+    assert REF.findall(rows[0][-1]) == [("tests/t.py", "test_ghost")]

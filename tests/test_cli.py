@@ -165,3 +165,35 @@ def test_run_prints_the_matrix_and_writes_the_report(tmp_path, capsys):
     assert printed == [[round(v, 1) for v in row] for row in saved["matrix"]]
     assert (run_dir / "report" / "report.md").is_file()
     assert (run_dir / "report" / "toy_codyra_accuracy.png").stat().st_size > 1000
+
+
+def test_an_unwrapped_storage_oserror_is_one_line_and_other_oserrors_still_raise(capsys, monkeypatch):
+    import errno
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/x.png")
+
+    monkeypatch.setitem(cli.COMMANDS, "list", full)
+    assert cli.main(["list"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "rankwise list: error: cannot write /data/x.png: no space left on the device: free space there " \
+        "(or choose another output.dir)"
+
+    def other(args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setitem(cli.COMMANDS, "list", other)
+    with pytest.raises(OSError):
+        cli.main(["list"])
+
+
+def test_resume_of_a_finished_run_is_one_line_on_stderr_and_exit_0(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    config = str(REPO / "configs" / "toy_codyra.yaml")
+    assert cli.main(["run", config, *SMALL, "--set", f"output.dir={run_dir}", "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["run", config, *SMALL, "--resume", str(run_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == (
+        f"rankwise run: {run_dir} is already finished; nothing to resume (results in {run_dir / 'metrics.json'})"
+    )

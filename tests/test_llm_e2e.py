@@ -40,7 +40,7 @@ def llm_folders(tmp_path_factory):
     return root
 
 
-def run(root: Path, method: dict, tmp_path: Path, iterations: int = 40, lr: float = 2.0e-2):
+def run(root: Path, method: dict, tmp_path: Path, iterations: int = 40, lr: float = 2.0e-2, **scenario):
     config = config_from_dict(
         {
             "name": f"tiny_{method['name']}",
@@ -54,6 +54,7 @@ def run(root: Path, method: dict, tmp_path: Path, iterations: int = 40, lr: floa
                 "tasks": ["color", "question"],
                 "metrics": {"question": "edit_similarity"},
                 "max_new_tokens": 4,
+                **scenario,
             },
             "train": {
                 "iterations": iterations,
@@ -108,3 +109,17 @@ def test_two_task_stream_trains_and_reports_op_bwt(llm_folders, method, iteratio
     assert result.metrics["op"] == pytest.approx(op)
     assert result.metrics["bwt"] == pytest.approx(bwt)
     assert (result.run_dir / "metrics.json").is_file()
+
+
+def test_epochs_per_task_set_each_tasks_step_count(llm_folders, tmp_path):
+    """TRACE's official runner counts epochs per task: task 1 (8 items, 3 epochs, 4 per step) trains
+    ceil(3 * 8 / 4) = 6 steps and task 2 (1 epoch) ceil(8 / 4) = 2, whatever train.iterations says."""
+    method = {"name": "lora", "r": 2}
+    scenario = {"epochs": {"color": 3, "question": 1}, "examples_per_step": 4}
+    result = run(llm_folders, method, tmp_path, iterations=40, **scenario)
+    events = [json.loads(line) for line in (result.run_dir / "events.jsonl").read_text().splitlines()]
+    last = {}
+    for event in events:
+        if "iteration" in event and "task" in event:
+            last[event["task"]] = max(last.get(event["task"], 0), event["iteration"])
+    assert last == {1: 6, 2: 2}  # events name tasks by 1-based index

@@ -245,7 +245,7 @@ def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(tmp_pa
     run_dir = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(
-        _cli_cmd(run_dir, "--set", "train.iterations=400", "--set", "train.checkpoint_every=100"),
+        _cli_cmd(run_dir, "--set", "train.iterations=100000", "--set", "train.checkpoint_every=1000"),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:

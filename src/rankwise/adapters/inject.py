@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +14,7 @@ from rankwise.adapters.base import AdapterConfig, AdapterLayer
 from rankwise.adapters.codyra import CoDyRAConfig, CoDyRALinear
 from rankwise.adapters.lora import LoRAConfig, LoRALinear
 from rankwise.adapters.moram import MoRAMConfig, MoRAMLinear
+from rankwise.adapters.name_regex import compile_name_pattern
 from rankwise.adapters.presets import TARGET_PRESETS
 from rankwise.errors import ConfigError, TargetModulesError
 
@@ -39,10 +39,16 @@ def resolve_targets(config: AdapterConfig) -> list[str] | str:
 
 
 def matches(name: str, targets: list[str] | str | None) -> bool:
+    """A list matches a name equal to an item or ending in ``.item``; a string is a regex on the full name.
+
+    The regex is matched in time linear in the name (`name_regex`): a pattern such as ``(a+)+X`` that
+    makes Python's backtracking `re` run for hours is run on an NFA instead, and one that needs
+    backtracking (backreferences, lookarounds) is refused with a ConfigError on ``target_modules``.
+    """
     if targets is None:
         return False
     if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
+        return compile_name_pattern(targets).fullmatch(name)
     return any(name == t or name.endswith("." + t) for t in targets)
 
 

@@ -15,6 +15,7 @@ and evaluation are sharded, gradients averaged, and only rank 0 writes the run d
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 import yaml
 
 from rankwise import io
-from rankwise.config import ADAPTER_METHODS, RunConfig
+from rankwise.config import ADAPTER_METHODS, RunConfig, TrainConfig
 from rankwise.engine import checkpoint as ckpt
 from rankwise.engine import distributed as ddp
 from rankwise.engine.build import (  # noqa: F401  (build_parts, save_task_checkpoint: public API)
@@ -308,8 +309,21 @@ def _trainable(parts: Parts, method: str) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in parts.model.named_parameters() if id(p) in wanted}
 
 
+def _task_train_config(train: TrainConfig, task: Task) -> TrainConfig:
+    """The train settings for one task: a scenario that counts epochs (TRACE's official runner) sets the
+    task's own step count in ``task.info["iterations"]``; every other task uses ``train.iterations``."""
+    steps = task.info.get("iterations") if isinstance(task.info, dict) else None
+    if steps is None or int(steps) == train.iterations:
+        return train
+    if not train.warmup_iterations < int(steps):
+        raise ConfigError(
+            "train.warmup_iterations", train.warmup_iterations, f"fewer than task {task.name!r}'s {int(steps)} steps"
+        )
+    return dataclasses.replace(train, iterations=int(steps))
+
+
 def _run_task(run: _Run, parts: Parts, tasks: list[Task], index: int, start_iter: int, saved: dict) -> None:
-    cfg, method, task = run.config.train, run.config.method.name, tasks[index]
+    cfg, method, task = _task_train_config(run.config.train, tasks[index]), run.config.method.name, tasks[index]
     if method in ADAPTER_METHODS:
         parts.model.begin_task(task.name)
     params = _trainable(parts, method)

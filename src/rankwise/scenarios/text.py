@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankwise import io
-from rankwise.errors import ConfigError, DataError, choices
+from rankwise.errors import ConfigError, DataError, choices, short_repr
 from rankwise.tasks import ClassificationExample, Task
 
 Pairs = list[tuple[str, str]]  # (text, raw label word)
@@ -197,11 +197,26 @@ def _need(path: Path, what: str) -> Path:
 
 
 def _records(path: Path, text_key: str, label_key: str) -> Pairs:
+    """(text, label) of every object in a JSON list; the text must be a string, the label a string or int.
+
+    A null, list, dict or number where the text belongs is refused naming the file, the item and the key
+    (read as ``str(...)`` it would silently become the text "None" or "[1, 2]").
+    """
     pairs = []
     for i, item in enumerate(io.read_json_list(path)):
         if not isinstance(item, dict) or text_key not in item or label_key not in item:
             raise DataError(f"{path} item {i}: expected an object with keys {text_key!r} and {label_key!r}")
-        pairs.append((str(item[text_key]), str(item[label_key])))
+        text, label = item[text_key], item[label_key]
+        if not isinstance(text, str):
+            raise DataError(
+                f"{path} item {i}: {text_key!r} is {short_repr(text, 60)} ({type(text).__name__}); expected a string"
+            )
+        if isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise DataError(
+                f"{path} item {i}: {label_key!r} is {short_repr(label, 60)} ({type(label).__name__}); "
+                "expected a string (or an integer)"
+            )
+        pairs.append((text, str(label)))
     return pairs
 
 

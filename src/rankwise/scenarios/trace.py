@@ -153,7 +153,8 @@ class TraceConfig:
     epochs: int | dict | None = field(
         default=None,
         metadata={
-            "help": "epochs per task (int, or {task: int}); with examples_per_step sets info['iterations']"
+            "help": "epochs per task (int, or {task: int}); with examples_per_step each task trains "
+            "ceil(epochs * n_train / examples_per_step) steps instead of train.iterations"
         },
     )
     examples_per_step: int | None = field(

@@ -18,13 +18,16 @@ REF = re.compile(r"(tests/[\w/]+\.py)::(\w+)(?:\[[^\]]*\])?")
 
 
 def table_rows(text: str) -> list[list[str]]:
+    """Body rows of every markdown table in ``text`` (a header is the row just above a ``|---|`` line)."""
+    lines = [line.strip() for line in text.splitlines()]
+    is_table = [line.startswith("|") for line in lines]
+    is_rule = [t and set(line.replace("|", "").strip()) <= {"-", ":", " "} for t, line in zip(is_table, lines)]
     rows = []
-    for line in text.splitlines():
-        if not line.startswith("|") or set(line.replace("|", "").strip()) <= {"-", ":", " "}:
+    for i, line in enumerate(lines):
+        if not is_table[i] or is_rule[i] or (i + 1 < len(lines) and is_rule[i + 1]):
             continue
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        rows.append(cells)
-    return rows[1:] if rows else rows  # drop the header
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
 
 
 def defined_tests(path: Path) -> set[str]:
@@ -51,6 +54,6 @@ def test_parser_rejects_a_bad_reference(tmp_path):
     fake = tmp_path / "t.py"
     fake.write_text("def test_real():\n    pass\n")
     assert "test_real" in defined_tests(fake) and "test_ghost" not in defined_tests(fake)
-    rows = table_rows("| a | b |\n|---|---|\n| x | tests/t.py::test_ghost |\n")
-    assert rows == [["x", "tests/t.py::test_ghost"]]
+    rows = table_rows("| a | b |\n|---|---|\n| x | tests/t.py::test_ghost |\n\n| c | d |\n|---|---|\n| y | z |\n")
+    assert rows == [["x", "tests/t.py::test_ghost"], ["y", "z"]]
     assert REF.findall(rows[0][-1]) == [("tests/t.py", "test_ghost")]

@@ -167,7 +167,8 @@ class CoDyRALinear(AdapterLayer):
 
     def prox_step(self, k: float, operator: str) -> None:
         if self.gate is not None:
-            PROX[operator](self.gate.data, k)
+            with torch.no_grad():  # on the parameter itself (not .data): bumps its version for caches
+                PROX[operator](self.gate, k)
 
     def surviving_ranks(self) -> int:
         return 0 if self.gate is None else int((self.gate.detach() != 0).sum())

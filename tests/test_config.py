@@ -278,3 +278,87 @@ def test_every_registered_component_config_is_readable():
                     _coerce(default, hints[f.name], f"{entry.name}.{f.name}")
                 except ConfigError as exc:
                     pytest.fail(f"default of {entry.name}.{f.name} does not pass its own annotation: {exc}")
+
+
+# -- one typed pass for every section (issue 10 item 2) ---------------------------------------------
+def test_yaml_exponent_numbers_are_floats_in_every_section(tmp_path):
+    """PyYAML reads 5e-3 (no dot) as a string; method, train and scenario fields all read it as a float."""
+    text = (
+        "name: t\nmethod: {name: codyra, r: 4, k_max: 5e-3, dense_fraction: 5e-1}\nbackbone: {name: toy}\n"
+        "scenario: {name: synthetic, noise: 2e-1}\ntrain: {lr: 5e-4, weight_decay: 1e-2}\n"
+    )
+    assert isinstance(yaml.safe_load(text)["method"]["k_max"], str)  # what the old code choked on
+    (tmp_path / "c.yaml").write_text(text)
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.method.options["k_max"] == 0.005 and type(cfg.method.options["k_max"]) is float
+    assert cfg.method.options["dense_fraction"] == 0.5
+    assert cfg.train.lr == 5e-4 and cfg.train.weight_decay == 0.01 and type(cfg.train.lr) is float
+    assert cfg.scenario.config.noise == 0.2 and type(cfg.scenario.config.noise) is float
+    from rankwise.config import resolve_method
+
+    assert resolve_method(cfg.method, "toy").k_max == 0.005
+    moram = config_from_dict({**base(), "method": {"name": "moram", "r": 4, "tau": "1e-2", "delta": "-5e-1"}})
+    assert moram.method.options["tau"] == 0.01 and moram.method.options["delta"] == -0.5
+    assert resolve_method(moram.method, "toy").tau == 0.01
+    assert config_from_dict(with_("method.k_max", "5e-3")).method.options["k_max"] == 0.005
+
+
+@pytest.mark.parametrize(
+    "path,value,field",
+    [
+        ("method.k_max", ".nan", "method.k_max"),
+        ("method.k_max", "nan", "method.k_max"),
+        ("method.k_max", "fast", "method.k_max"),
+        ("method.r", "'4'", "method.r"),  # a quoted string is not an integer
+        ("method.r", 4.5, "method.r"),
+        ("method.tau", ".inf", "method.tau"),
+        ("method.lora_alpha", "-.inf", "method.lora_alpha"),
+        ("train.weight_decay", ".nan", "train.weight_decay"),
+        ("train.grad_clip", ".inf", "train.grad_clip"),
+        ("scenario.noise", ".nan", "scenario.noise"),
+        ("seed", 2**64, "seed"),
+        ("seed", -3, "seed"),
+        ("backbone.name", ["toy"], "backbone.name"),
+    ],
+)
+def test_typed_pass_refuses_with_the_path(path, value, field):
+    if isinstance(value, str):  # as typed after --set (parsed as YAML)
+        data = base()
+        apply_override(data, f"{path}={value}")
+    else:
+        data = with_(path, value)
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    assert info.value.field == field, info.value
+    assert "\n" not in str(info.value)
+
+
+def test_config_that_expands_beyond_the_bound_is_refused(tmp_path):
+    from rankwise.config_types import MAX_CONFIG_VALUES, check_size
+
+    levels = ["&l0 [x, x, x, x, x, x, x, x, x]"] + [f"&l{j} [" + ", ".join([f"*l{j - 1}"] * 9) + "]" for j in range(1, 7)]
+    (tmp_path / "c.yaml").write_text(f"name: t\nmethod: {{name: codyra, target_modules: [{', '.join(levels)}]}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.yaml")
+    assert info.value.field == "method.target_modules" and len(str(info.value)) < 600
+    check_size(list(range(MAX_CONFIG_VALUES - 1)), "ok")  # exactly at the bound: accepted
+    with pytest.raises(ConfigError):
+        check_size(list(range(MAX_CONFIG_VALUES)), "too big")
+
+
+def test_error_messages_shorten_huge_values():
+    from rankwise.errors import MAX_VALUE_REPR
+
+    bomb = ["x"] * 9
+    for _ in range(9):
+        bomb = [bomb] * 9  # 9**10 strings if printed in full
+    message = str(ConfigError("f", bomb, "a list of names"))
+    assert len(message) < MAX_VALUE_REPR + 100 and message.startswith("f=[[[")
+    assert str(ConfigError("f", "y" * 10_000, "s")).count("y") < MAX_VALUE_REPR
+
+
+def test_non_utf8_config_is_one_config_error(tmp_path):
+    (tmp_path / "c.yaml").write_bytes(b"name: t\xff\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "c.yaml")
+    assert info.value.field == "config" and "0xff at line 1" in str(info.value)

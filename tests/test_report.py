@@ -9,7 +9,8 @@ import torch
 from rankwise.config import config_from_dict
 from rankwise.engine.continual import run_experiment
 from rankwise.errors import RankwiseError
-from rankwise.report import atom_activation, read_run, write_report
+from rankwise.report import _plt, atom_activation, read_run, write_report
+from rankwise.report_compare import compare_section, group_runs, mean_interval, t_quantile_975
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -50,6 +51,8 @@ def test_report_writes_plots_and_side_by_side_table(tmp_path, runs):
             "rep_moram_accuracy.png",
             "rep_moram_loss.png",
             "rep_moram_atoms.png",
+            "overlay_loss.png",
+            "overlay_accuracy.png",
             "report.md",
         ]
     )
@@ -92,3 +95,85 @@ def test_moram_activation_matrix_is_lower_triangular(runs):
 def test_report_of_a_non_run_directory_is_a_clear_error(tmp_path):
     with pytest.raises(RankwiseError, match="not a rankwise run directory"):
         write_report([tmp_path], tmp_path / "out")
+
+
+# -- several runs: overlays and seeds averaged (rankwise.report_compare) ------------------------------
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    """The same LoRA experiment with seeds 1 and 2 (names differ too)."""
+    base = tmp_path_factory.mktemp("seeds")
+    out = []
+    for seed in (1, 2):
+        data = _config("lora")
+        data.update(name=f"rep_lora_seed{seed}", seed=seed)
+        out.append(run_experiment(config_from_dict(data), base / f"s{seed}", quiet=True))
+    return out
+
+
+def test_t_quantile_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in [*range(1, 61), 100, 1000, 10**6]:
+        assert t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-4), df
+    with pytest.raises(ValueError):
+        t_quantile_975(0)
+
+
+def test_mean_interval_by_hand():
+    mean, half = mean_interval([10.0, 14.0])
+    # s = |14 - 10| / sqrt(2); half = t(1) s / sqrt(2) = 12.7062 * 2
+    assert mean == 12.0 and half == pytest.approx(12.7062 * 2.0)
+    mean, half = mean_interval([[1.0, 2.0, 3.0]])
+    assert mean[0] == 2.0 and half[0] == pytest.approx(4.3027 * 1.0 / 3**0.5)
+    assert np.isnan(mean_interval([5.0])[1])
+
+
+def test_seed_runs_grouped_and_averaged_in_report(tmp_path, seeds, runs):
+    dirs = [s.run_dir for s in seeds] + [runs["codyra"].run_dir]
+    records = [read_run(d) for d in dirs]
+    groups = group_runs(records)
+    assert [[r.name for r in g] for g in groups] == [["rep_lora_seed1", "rep_lora_seed2"], ["rep_codyra"]]
+    out = tmp_path / "report"
+    written = {p.name for p in write_report(dirs, out)}
+    assert {"overlay_loss.png", "overlay_accuracy.png"} <= written
+    md = (out / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| rep_lora (n=2) |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:3] == ["2/2", "1, 2"]
+    for cell, key in zip(cells[3:7], ("transfer", "average", "last", "bwt")):
+        a, b = (s.metrics[key] for s in seeds)
+        assert cell == f"{(a + b) / 2:.2f} ± {12.7062 * abs(a - b) / 2:.2f}", key
+    codyra = next(line for line in md.splitlines() if line.startswith("| rep_codyra |") and "± " not in line)
+    assert f"{runs['codyra'].metrics['last']:.2f}" in codyra
+
+
+def test_overlay_curves_are_seed_means_with_bands(tmp_path, seeds, runs):
+    figures = {}
+
+    def keep(fig, path):  # what was drawn, read before the figure is closed
+        ax = fig.axes[0]
+        figures[path.name] = (
+            {line.get_label(): (np.asarray(line.get_xdata()), np.asarray(line.get_ydata())) for line in ax.lines},
+            len(ax.collections),
+        )
+        _plt().close(fig)
+        return path
+
+    records = [read_run(s.run_dir) for s in seeds] + [read_run(runs["codyra"].run_dir)]
+    written, lines = compare_section(records, tmp_path, _plt(), keep)
+    assert [p.name for p in written] == ["overlay_loss.png", "overlay_accuracy.png"]
+    acc_lines, bands = figures["overlay_accuracy.png"]
+    assert bands == 1  # a band for the 2-seed group only
+    x, y = acc_lines["rep_lora (n=2)"]
+    np.testing.assert_array_equal(x, [0, 1, 2])
+    by_hand = (seeds[0].accuracy_matrix.mean(axis=1) + seeds[1].accuracy_matrix.mean(axis=1)) / 2
+    np.testing.assert_allclose(y, by_hand)
+    np.testing.assert_allclose(acc_lines["rep_codyra"][1], runs["codyra"].accuracy_matrix.mean(axis=1))
+    loss_lines, _ = figures["overlay_loss.png"]
+    x, y = loss_lines["rep_lora (n=2)"]
+    losses = [
+        {(e["task"] - 1) * 8 + e["iteration"]: e["loss"] for e in map(json.loads, open(s.run_dir / "events.jsonl")) if e["event"] == "step"}
+        for s in seeds
+    ]
+    np.testing.assert_array_equal(x, sorted(losses[0]))
+    np.testing.assert_allclose(y, [(losses[0][k] + losses[1][k]) / 2 for k in sorted(losses[0])])
+    assert any("![overlay_loss](overlay_loss.png)" == line for line in lines)

@@ -25,10 +25,13 @@ from rankwise.errors import RankwiseError
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rankwise", description=__doc__.split("\n")[0])
+    from rankwise._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"rankwise {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) a continual-learning experiment")
-    run.add_argument("config", help="run config YAML (see configs/)")
+    run.add_argument("config", help="run config YAML, or a preset name from `rankwise list` (configs/)")
     run.add_argument(
         "--set",
         dest="overrides",
@@ -81,7 +84,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.threads is not None:
         overrides.append(f"threads={args.threads}")
-    config = load_config(args.config, overrides)
+    from rankwise.config_presets import resolve_config
+
+    config = load_config(resolve_config(args.config), overrides)
     try:
         result = run_experiment(
             config,
@@ -233,7 +238,10 @@ def _configs_dir() -> Path | None:
     for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
         if (base / "configs").is_dir():
             return base / "configs"
-    return None
+    from rankwise.config_presets import preset_dirs
+
+    shipped = preset_dirs()  # an installed wheel: the presets it carries as package data
+    return shipped[0] if shipped else None
 
 
 def _cmd_data(args: argparse.Namespace) -> int:

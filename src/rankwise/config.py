@@ -90,6 +90,15 @@ class OutputConfig:
     """Where the run directory goes."""
 
     dir: str | None = field(default=None, metadata={"help": "run directory; null means runs/<name>"})
+    loggers: list[str] = field(
+        default_factory=list,
+        metadata={"help": "experiment trackers fed from the events: csv, tensorboard, wandb, mlflow"},
+    )
+
+    def __post_init__(self) -> None:
+        from rankwise.tracking import check_loggers
+
+        check_loggers(self.loggers)
 
 
 @dataclass

@@ -8,6 +8,9 @@ Per run (everything read from its run directory, nothing recomputed from a model
 * ``<run>_atoms.png``     MoRAM: after each task, how often each task's atoms are activated at evaluation
   (mean over layers of the fraction of tokens giving them non-zero weight);
 * ``report.md``           Transfer / Average / Last / BWT / Forgetting per run, then the plots.
+
+Given several runs, it also overlays their curves and averages repeats of one experiment (seeds) with
+95% intervals: ``overlay_loss.png``, ``overlay_accuracy.png`` and a table (see report_compare.py).
 """
 
 from __future__ import annotations
@@ -251,6 +254,12 @@ def write_report(run_dirs: list[Path], out: Path) -> list[Path]:
         "BWT (TRACE): TRACE's definition, 1/T sum_i min(final - just-learned, 0), for TRACE-paper numbers.",
         "",
     ]
+    if len(runs) > 1:  # overlaid curves, seeds averaged with 95% intervals (report_compare.py)
+        from rankwise.report_compare import compare_section
+
+        compared, section = compare_section(runs, out, _plt(), _save)
+        written += compared
+        lines += section
     for stem, run in zip(stems, runs):
         lines += [f"## {run.name}", "", f"Run directory: `{run.path}`", ""]
         for kind, plot in (

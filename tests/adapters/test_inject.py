@@ -207,3 +207,56 @@ def test_injecting_twice_is_refused():
     with pytest.raises(ConfigError, match="already"):
         get_model(model, LoRAConfig(target_modules=["0"]))
     assert sum(isinstance(m, AdapterLayer) for m in model.modules()) == 1
+
+
+# -- target_modules regex: linear-time name matching (issue 17) ---------------------------------------
+_PATTERNS = [
+    r".*q_proj", r"(.*)*X", r"([a-z_.0-9]+)+X", r"(\w|\w)*X\.", r"(a|aa)*(b|bb)*Z", r"(a|aa)*b",
+    r"^.*\.(q|v)_proj$", r"(.*\.)*(q|v)_proj", r"(\w+\.)+\d+\.\w+", r"[^.]+(\.[^.]+)*", r"(a*)*b", r"(?:x|y)+",
+    r".{2,5}", r"(ab|a)(bc|c)*", r"\D+\d*(\.\w+)*", r"((a|b)+c?)+", r"[\s\S]*", r"(.*?)+?q", r"(\d\.)+",
+    r"(x+x+)+y", r"(?s)(.+)+a", r"(\.|_)*[^a]+(q|\d)*",
+]  # fmt: skip
+
+
+def test_name_regex_agrees_with_re_fullmatch():
+    """The linear-time matcher gives re.fullmatch's answer (short names, where re is still fast)."""
+    import random
+    import re
+
+    from rankwise.adapters.name_regex import NamePattern
+
+    rng = random.Random(0)
+    names = ["b.0.q_proj", "a", "", "aaab", "x.y", "b.v_proj", "ab\nc", "xxy", "Xx."]  # short: `re` is the slow side
+    names += ["".join(rng.choice("ab.xyq_01Z\n") for _ in range(rng.randint(0, 9))) for _ in range(300)]
+    nfa_used = 0
+    for pattern in _PATTERNS:
+        compiled = NamePattern(pattern)
+        nfa_used += compiled._re is None
+        for name in names:
+            assert compiled.fullmatch(name) == (re.fullmatch(pattern, name) is not None), (pattern, name)
+    assert nfa_used >= 12  # most of these take the NFA path (the point of the test)
+
+
+def test_backtracking_regex_matches_long_names_quickly():
+    """(a|aa)*-style patterns need ~2**n steps in `re` on a failing 60-character name; here milliseconds."""
+    import time
+
+    from rankwise.adapters.inject import matches
+
+    name = "encoder.layers.11.self_attention.query_key_value_projection_x"
+    start = time.perf_counter()
+    for pattern in (r"([a-z_.0-9]+)+X", r"(.*)*X", r"(\w|\w|\.)*X", r"(x+x+)+y"):
+        assert not matches(name, pattern)
+        assert matches(name + "X", pattern) == pattern.endswith("X") or pattern == r"(x+x+)+y"
+    assert time.perf_counter() - start < 5.0
+
+
+def test_regex_features_that_need_backtracking_are_refused():
+    from rankwise.adapters.inject import matches
+
+    for pattern, needle in ((r"(a)\1", "backreferences"), (r"(?!visual).*proj", "lookarounds"),
+                            (r"(?i)(q+)+_proj", "flags")):  # fmt: skip
+        with pytest.raises(ConfigError) as info:
+            matches("text.q_proj", pattern)
+        assert info.value.field == "target_modules" and needle in str(info.value)
+    assert matches("text.q_proj", r"(?i)text\.Q_PROJ")  # plainly safe patterns keep re's full syntax

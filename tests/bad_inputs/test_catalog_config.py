@@ -133,17 +133,6 @@ def test_impossible_allocations_are_estimated_and_refused(tmp_path, edit, field)
 
 
 # -- YAML alias bombs -----------------------------------------------------------------------------
-BOMB = """\
-a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]
-b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
-c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
-d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
-e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
-f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
-g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
-h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
-i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
-"""
 
 
 def _flow_bomb(levels: int = 9) -> str:
@@ -156,7 +145,7 @@ def _flow_bomb(levels: int = 9) -> str:
 def test_yaml_alias_bomb_under_an_unknown_key_is_refused_quickly(tmp_path):
     """9**9 (387 million) strings if expanded; the old code built their repr for the error message."""
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(BOMB + CONFIG.read_text())
+    cfg.write_text(f"x-bomb: {_flow_bomb()}\n" + CONFIG.read_text())
     before = tree_digest(tmp_path)
     start = time.monotonic()
     result = _cli_limited(["run", str(cfg), "--quiet"], tmp_path, timeout=60, memory_gb=8)
@@ -197,3 +186,20 @@ def test_backtracking_target_regex_does_not_hang(tmp_path, pattern):
     # no toy layer matches, so this is refused as "matched no nn.Linear", naming target_modules
     _check(result, before, tree_digest(tmp_path), "target_modules")
     assert time.monotonic() - start < 30
+
+
+def test_adapter_estimate_counts_what_injection_allocates():
+    """adapter_widths * r equals the trainable parameters get_model creates (LoRA: A r x in, B out x r)."""
+    import torch
+
+    from rankwise import LoRAConfig, get_model
+    from rankwise.backbones.toy import ToyBackboneConfig, build_backbone
+    from rankwise.engine.memory import adapter_widths
+
+    for preset, target in (("toy", None), (None, r"(.*\.)*(q|v)_proj"), (None, ["fc1", "out_proj"])):
+        model = build_backbone(ToyBackboneConfig(dim=32, layers=2), torch.device("cpu")).model
+        config = LoRAConfig(r=3, preset=preset, target_modules=target)
+        widths = adapter_widths(model, config)
+        wrapped = get_model(model, config)
+        wrapped.begin_task("t")
+        assert 3 * widths == sum(p.numel() for p in wrapped.trainable_parameters()) > 0, (preset, target)

@@ -399,7 +399,7 @@ def _warn_budget(budget: int, bank_size: int) -> None:
     _BUDGET_WARNED.add((budget, bank_size))
     warnings.warn(
         f"MoRAM top_k = {budget} (after the floor of 2) exceeds the bank of {bank_size} atoms; all "
-        f"{bank_size} atoms are routed (k = min(top_k, bank size)), as the official code does",
+        f"{bank_size} atoms are routed (k = min(top_k, bank size)), as the official TRACE code does (official X-TAIL code fails at torch.topk here)",
         UserWarning,
         stacklevel=3,
     )

@@ -87,6 +87,7 @@ class _Run:
         self.snapshot_seq = 0
         self.lock = None  # rank 0's lock on the run directory, held until the run ends
         self.kept_optimizer: dict[str, Any] | None = None  # method.keep_optimizer: the last task's state
+        self.tracker = None  # output.loggers (rankwise.tracking), opened at the first write
 
     def path(self, *parts: str) -> Path:
         """A path in the run directory, proven to resolve inside it (links followed)."""
@@ -114,6 +115,11 @@ class _Run:
         )
         io.write_text(self.path("accuracy_matrix.csv"), text)
         io.write_text(self.path("events.jsonl"), "".join(io.json.dumps(e) + "\n" for e in self.events))
+        if self.config.output.loggers:
+            from rankwise.tracking import Tracker
+
+            self.tracker = self.tracker or Tracker(self.config.output.loggers, self.config.to_dict(), self.run_dir)
+            self.tracker.log(self.events, names, finished)
         if finished:
             write_metrics(self.path("metrics.json"), self.config, names, self.rows)
 

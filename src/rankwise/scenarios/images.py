@@ -344,7 +344,8 @@ def build_scenario(config: ImageFolderConfig, seed: int) -> list[Task]:
                 )
             if not train or not test:
                 raise DataError(f"task {name!r}: no readable images left in train or test after skipping")
-        _warn_unlearnable(name, classes, train)
+        if name not in BUILTIN_SOURCES:
+            _warn_unlearnable(name, classes, train)
         if config.shots is not None:
             train = few_shot(train, config.shots, seed)
         train = subsample(train, config.max_train_per_task, config.split_seed)

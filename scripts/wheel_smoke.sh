@@ -8,7 +8,7 @@ REPO=$PWD
 PY=$REPO/.venv/bin/python
 WORK=${WORK:-$(mktemp -d)}
 start=$(date +%s)
-rm -rf "$WORK/wheel" "$WORK/venv" "$WORK/cwd"
+rm -rf "$WORK/wheel" "$WORK/venv" "$WORK/cwd" build   # build/: setuptools would reuse stale copies
 "$PY" -m pip wheel . --no-deps --no-build-isolation --quiet -w "$WORK/wheel"
 WHEEL=$(ls "$WORK"/wheel/rankwise-*.whl)
 python3 -m venv --without-pip "$WORK/venv"

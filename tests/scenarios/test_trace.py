@@ -111,8 +111,11 @@ def test_data_errors(root):
     ):
         build("keys")
     write_task(root, "types", {"train": [{"prompt": "p", "answer": 3}], "test": pairs(1, "x")})
-    with pytest.raises(DataError, match="must be strings"):
+    with pytest.raises(DataError, match="item 0: 'answer' must be a string, found int"):
         build("types")
+    write_task(root, "nulls", {"train": [{"prompt": None, "answer": "a"}], "test": pairs(1, "x")})
+    with pytest.raises(DataError, match="item 0: 'prompt' must be a string, found NoneType"):
+        build("nulls")
     write_task(root, "bad", {"test": pairs(1, "x")})
     (root / "bad" / "train.json").write_text('[{"prompt": "p", "answer"', encoding="utf-8")
     with pytest.raises(DataError, match="not valid UTF-8 JSON"):

@@ -256,8 +256,9 @@ def read_split(path: Path) -> list[GenerationExample]:
             raise DataError(
                 f"{path} item {i}: expected an object with keys 'prompt' and 'answer', found {found}"
             )
-        if not isinstance(item["prompt"], str) or not isinstance(item["answer"], str):
-            raise DataError(f"{path} item {i}: 'prompt' and 'answer' must be strings")
+        for key in ("prompt", "answer"):
+            if not isinstance(item[key], str):
+                raise DataError(f"{path} item {i}: {key!r} must be a string, found {type(item[key]).__name__}")
         examples.append(GenerationExample(item["prompt"], item["answer"]))
     return examples
 

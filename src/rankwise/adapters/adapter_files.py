@@ -26,6 +26,13 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 CHECKSUMS_FILE = "checksums.json"
 FORMAT = "rankwise-adapter"
 FORMAT_VERSION = 1
+# The folder keeps peft's file names (the vocabulary users know), so peft would read it as its own and
+# fail on a bare ``KeyError: 'peft_type'``. This value in the ``peft_type`` field makes peft's loader
+# fail instead with a KeyError that says what the folder is and what to do (tests/test_export.py).
+PEFT_TYPE_MARKER = (
+    "RANKWISE_ADAPTER: not a peft adapter but a rankwise one; load it with rankwise.load_model(base_model, "
+    "folder), or write a peft folder with `rankwise export RUN_DIR --to peft` / rankwise.export_peft"
+)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -100,6 +107,11 @@ def read_header(directory: Path) -> dict[str, Any]:
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found a JSON {type(saved).__name__}")
     if saved.get("format") != FORMAT:
+        if isinstance(saved.get("peft_type"), str) and saved["peft_type"] != PEFT_TYPE_MARKER:
+            raise CheckpointError(
+                f"{path} is a peft adapter (peft_type={short(saved['peft_type'])}), not a rankwise one; "
+                "load it with peft.PeftModel.from_pretrained(base_model, folder)"
+            )
         raise CheckpointError(f"{path} is not a rankwise adapter (format={short(saved.get('format'))})")
     if saved.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
         raise _field_error(path, "format_version", saved["format_version"], f"{FORMAT_VERSION} (this rankwise)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,14 +36,53 @@ def delta_state_dict(model: RankwiseModel) -> dict[str, torch.Tensor]:
     return {f"{name}.weight": B.float() @ A.float() for name, (A, B) in stacked_factors(model).items()}
 
 
-def export_peft(model: RankwiseModel, directory: str | os.PathLike[str]) -> Path:
+def peft_lora_config(
+    ranks: dict[str, int], base_model_name_or_path: str | None = None, task_type: str | None = None
+) -> Any:
+    """A ``peft.LoraConfig`` for stacked factors of rank ``ranks[layer]``, scaling alpha / r = 1 per layer.
+
+    Built by peft itself (its ``__post_init__`` validates), so the written JSON is peft's own schema.
+    """
+    try:
+        from peft import LoraConfig
+    except ImportError as exc:
+        raise RankwiseError("exporting to peft needs peft: pip install 'rankwise[peft]'") from exc
+    first = next(iter(ranks.values()))
+    return LoraConfig(
+        r=first,
+        lora_alpha=first,
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=sorted(ranks),
+        rank_pattern=dict(ranks),
+        alpha_pattern=dict(ranks),
+        base_model_name_or_path=base_model_name_or_path,
+        task_type=task_type,
+        inference_mode=True,
+    )
+
+
+def export_peft(
+    model: RankwiseModel,
+    directory: str | os.PathLike[str],
+    *,
+    base_model_name_or_path: str | None = None,
+    task_type: str | None = None,
+) -> Path:
     """Write a peft LoRA folder (adapter_config.json + adapter_model.safetensors) whose delta is W - W0.
 
-    Load it with ``peft.PeftModel.from_pretrained(fresh_base_model, directory)``.
+    Load it with ``peft.PeftModel.from_pretrained(fresh_base_model, directory)``. `base_model_name_or_path`
+    (a Hub id or folder) and `task_type` (a ``peft.TaskType`` name such as ``"FEATURE_EXTRACTION"`` or
+    ``"CAUSAL_LM"``) fill the config's fields of the same names (``AutoPeftModel`` needs both).
     """
     if model.current_task is not None:
         raise LifecycleError(
             f"task {model.current_task!r} is still active; call end_task() before export_peft()"
+        )
+    if model.config.method == "moram":
+        raise RankwiseError(
+            "MoRAM cannot be exported to peft: each token mixes its atoms by a router, which a LoRA cannot "
+            "express; keep the rankwise adapter (save_pretrained / `rankwise export --to rankwise`)"
         )
     split = [n for n, m in model.base_model.named_modules() if isinstance(m, SplitMultiheadAttention)]
     factors = {n: f for n, f in stacked_factors(model).items() if f[0].shape[0] > 0}
@@ -57,35 +97,14 @@ def export_peft(model: RankwiseModel, directory: str | os.PathLike[str]) -> Path
             "nothing has been merged yet: finish at least one task with surviving ranks first"
         )
     ranks = {name: int(A.shape[0]) for name, (A, _) in factors.items()}
+    config = peft_lora_config(ranks, base_model_name_or_path, task_type).to_dict()
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}  # as peft writes sets
     tensors = {}
     for name, (A, B) in factors.items():
-        tensors[f"base_model.model.{name}.lora_A.weight"] = A
-        tensors[f"base_model.model.{name}.lora_B.weight"] = B
+        tensors[f"base_model.model.{name}.lora_A.weight"] = A.contiguous()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = B.contiguous()
     directory = Path(directory)
     check_folder_target(directory)
     io.save_tensors(directory / "adapter_model.safetensors", tensors, metadata={"format": "pt"})
-    first = next(iter(ranks.values()))
-    io.write_json(
-        directory / "adapter_config.json",
-        {
-            "peft_type": "LORA",
-            "task_type": None,
-            "base_model_name_or_path": None,
-            "inference_mode": True,
-            "r": first,
-            "lora_alpha": first,
-            "lora_dropout": 0.0,
-            "bias": "none",
-            "fan_in_fan_out": False,
-            "target_modules": sorted(ranks),
-            "rank_pattern": ranks,
-            "alpha_pattern": dict(ranks),
-            "use_rslora": False,
-            "use_dora": False,
-            "init_lora_weights": True,
-            "modules_to_save": None,
-            "layers_to_transform": None,
-            "layers_pattern": None,
-        },
-    )
+    io.write_json(directory / "adapter_config.json", config)
     return directory

@@ -236,6 +236,7 @@ class RankwiseModel(nn.Module):
         header = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
+            "peft_type": adapter_files.PEFT_TYPE_MARKER,  # peft refuses this folder with a clear message
             "rankwise_version": __version__,
             "config": self.config.to_dict(),
             "tasks": self.tasks,

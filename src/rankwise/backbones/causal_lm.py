@@ -193,6 +193,7 @@ class CausalLMBackbone:
     """Backbone protocol for ``GenerationExample``s on a causal LM (see the module docstring)."""
 
     default_target_preset = "llama"
+    peft_task_type = "CAUSAL_LM"  # peft.TaskType of an export (`rankwise export --to peft`)
 
     def __init__(
         self,
@@ -395,10 +396,11 @@ def load_model_and_tokenizer(config: CausalLMConfig) -> tuple[nn.Module, Any]:
     folder, gguf = resolve_model_files(config)
     source = ModelSource(folder, is_hub=not Path(folder).expanduser().exists())
     extra = {"gguf_file": gguf} if gguf else {}
-    extra.update(source.from_pretrained_kwargs())  # local_files_only unless an online Hub id
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[config.dtype], **extra)
+    try:  # local_files_only unless an online Hub id
+        tokenizer = AutoTokenizer.from_pretrained(folder, **extra, **source.from_pretrained_kwargs())
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=DTYPES[config.dtype], **extra, **source.auto_model_kwargs()
+        )
     except (OSError, ValueError) as exc:
         if source.is_hub:
             raise hub_load_error("backbone.path", folder, exc) from exc

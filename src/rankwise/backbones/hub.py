@@ -54,6 +54,14 @@ class ModelSource:
         """``local_files_only=True`` for a local folder or when offline; nothing for an online Hub id."""
         return {} if self.is_hub and not hub_offline() else {"local_files_only": True}
 
+    def auto_model_kwargs(self) -> dict[str, Any]:
+        """`from_pretrained_kwargs` for ``AutoModel*`` classes, whose peft-adapter probe of a Hub id does
+        not receive ``local_files_only`` (transformers 5) and would reach for the network offline."""
+        kwargs = self.from_pretrained_kwargs()
+        if self.is_hub and kwargs:
+            kwargs["adapter_kwargs"] = {"local_files_only": True}
+        return kwargs
+
 
 def resolve_model_source(value: str | os.PathLike[str], field: str, expected_local: str) -> ModelSource:
     """A local path when it exists (it wins over a Hub id of the same spelling), else a Hub id.

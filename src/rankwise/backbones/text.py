@@ -132,6 +132,7 @@ class SentenceEncoderBackbone:
     """
 
     default_target_preset = "bert"
+    peft_task_type = "FEATURE_EXTRACTION"  # peft.TaskType of an export (`rankwise export --to peft`)
 
     def __init__(
         self, model: nn.Module, tokenizer: Any, config: SentenceEncoderConfig, device: torch.device
@@ -260,7 +261,7 @@ def build_backbone(
     device = torch.device(device) if device is not None else torch.device("cpu")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.location, **source.from_pretrained_kwargs())
-        model = AutoModel.from_pretrained(source.location, **source.from_pretrained_kwargs()).to(device)
+        model = AutoModel.from_pretrained(source.location, **source.auto_model_kwargs()).to(device)
     except (OSError, ValueError) as exc:
         if not source.is_hub:
             raise

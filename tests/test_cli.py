@@ -104,6 +104,23 @@ def test_errors_are_one_line_with_exit_code_2(argv, needle, capsys, tmp_path, mo
     assert not (tmp_path / "runs").exists()
 
 
+
+@pytest.mark.parametrize(
+    "env,printed",
+    [({"WORLD_SIZE": "2", "RANK": "1"}, False), ({"WORLD_SIZE": "2", "RANK": "0"}, True),
+     ({"WORLD_SIZE": "2", "RANK": "5"}, True)],
+)  # fmt: skip
+def test_only_the_reporting_rank_prints_errors(env, printed, capsys, tmp_path, monkeypatch):
+    """Rank 1 of a torchrun launch stays quiet; rank 0 prints; a malformed launch env still prints."""
+    monkeypatch.chdir(tmp_path)
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(["eval", "not_a_run_dir"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert ("not a rankwise run directory" in err) is printed
+
 def test_resume_with_changed_config_prints_the_diff(tmp_path, capsys):
     run_dir = tmp_path / "r"
     config = str(REPO / "configs" / "toy_codyra.yaml")

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from engine.toy_helpers import toy_dict
 
 from rankwise.config import config_from_dict
 from rankwise.engine.continual import run_experiment
@@ -16,18 +17,16 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _config(method: str) -> dict:
-    section = {"name": method, "r": 4} if method in ("codyra", "moram") else {"name": method}
+    """The engine tests' toy experiment (`toy_helpers.toy_dict`), made smaller: 2 tasks, 8 steps."""
+    data = toy_dict(method, iterations=8, lr=1e-2, log_every=2, checkpoint_every=4)
+    data.update(name=f"rep_{method}", seed=1)
+    # rank 4 for the methods whose report plots ranks / atoms; LoRA runs keep its default rank
+    data["method"] = {**data["method"], "r": 4} if method in ("codyra", "moram") else {"name": method}
     if method == "codyra":
-        section.update(k_max=0.05, ramp_steps=4)
-    return {
-        "name": f"rep_{method}",
-        "seed": 1,
-        "device": "cpu",
-        "method": section,
-        "backbone": {"name": "toy", "dim": 16, "embed_dim": 16},
-        "scenario": {"name": "synthetic", "num_tasks": 2, "train_per_class": 8, "test_per_class": 4},
-        "train": {"iterations": 8, "batch_size": 16, "lr": 1e-2, "log_every": 2, "checkpoint_every": 4},
-    }
+        data["method"]["ramp_steps"] = 4
+    data["backbone"].update(dim=16, embed_dim=16)
+    data["scenario"].update(num_tasks=2, train_per_class=8, test_per_class=4)
+    return data
 
 
 @pytest.fixture(scope="module")

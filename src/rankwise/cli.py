@@ -15,7 +15,6 @@ traceback, and exit with status 2 (under torchrun only rank 0 prints them).
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
@@ -108,7 +107,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
     finally:
         _leave_process_group()
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+    if not _is_main_rank():  # torchrun: rank 0 reports
         return 0
     if result.already_finished:  # exit 0: resuming a finished run is done, not an error
         print(
@@ -142,6 +141,19 @@ def format_matrix(matrix, task_names: list[str]) -> str:
     for label, row in zip(labels, matrix):
         lines.append(f"{label:<{width}}  " + "  ".join(f"{v:>{c}.1f}" for v, c in zip(row, cols)))
     return "\n".join(lines)
+
+
+def _is_main_rank() -> bool:
+    """Whether this process reports: rank 0 of a torchrun launch, or the only process.
+
+    A malformed launcher environment counts as the reporting rank, so its error is printed.
+    """
+    from rankwise.engine.distributed import detect
+
+    try:
+        return detect().is_main
+    except RankwiseError:
+        return True
 
 
 def _leave_process_group() -> None:
@@ -179,7 +191,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     options = inference_options(args.overrides)
     scores = evaluate_run(args.run_dir, args.tasks, quiet=args.quiet, inference_options=options)
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+    if not _is_main_rank():  # torchrun: rank 0 reports
         return 0
     width = max(len(n) for n in scores)
     for name, score in scores.items():
@@ -204,6 +216,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from rankwise.adapters.presets import TARGET_PRESETS
     from rankwise.config import METHODS
     from rankwise.registry import BACKBONES, SCENARIOS
 
@@ -212,12 +225,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for name, entry in table.items():
             print(f"  {name:<18} {entry.summary}")
-    try:
-        from rankwise.adapters.presets import TARGET_PRESETS
-
-        print("target presets: " + ", ".join(sorted(TARGET_PRESETS)))
-    except ImportError:  # pragma: no cover - adapter core always ships with rankwise
-        pass
+    print("target presets: " + ", ".join(sorted(TARGET_PRESETS)))
     configs = _configs_dir()
     if configs is not None:
         print(f"config presets ({configs}):")
@@ -286,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except RankwiseError as exc:
-        if os.environ.get("RANK", "0") != "0":  # under torchrun: one message, from rank 0
+        if not _is_main_rank():  # under torchrun: one message, from rank 0
             return 2
         message = str(exc)
         first, _, rest = message.partition("\n")

@@ -242,3 +242,37 @@ def test_bf16_autocast_with_float32_adapters(cls, cfg, bank):
     out.float().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.trainable_parameters())
     torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.15)
+
+
+@pytest.mark.parametrize("cls,cfg", [(LoRALinear, LoRAConfig), (CoDyRALinear, CoDyRAConfig)])
+def test_bf16_autocast_draws_the_dropout_mask_once(cls, cfg):
+    """Under CPU bf16 autocast (float32 factors, so the out-of-place path) the low-rank input is
+    computed once: the output equals a hand-built forward with ONE dropout draw, and the RNG has moved
+    by exactly one draw of x's shape (a second computation would draw a second, different mask)."""
+    p = 0.5
+    layer = cls(_base(), cfg(r=4, lora_alpha=8, lora_dropout=p, target_modules=["x"]))
+    layer.begin_task()
+    _randomise(layer)
+    layer.train()
+    x = torch.randn(2, 5, 12)
+
+    torch.manual_seed(123)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    state_after_forward = torch.get_rng_state()
+
+    torch.manual_seed(123)
+    mask = torch.empty_like(x).bernoulli_(1 - p)  # the keep-mask one draw of nn.Dropout(p) makes
+    torch.manual_seed(123)
+    dropped = nn.functional.dropout(x, p, training=True)  # the one draw
+    state_after_one_draw = torch.get_rng_state()
+    torch.testing.assert_close(dropped, x * mask / (1 - p))  # the draw is the mask above, scaled
+    s = 8 / 4
+    gate = layer.gate * s if cls is CoDyRALinear else torch.full((4,), s)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        base = nn.functional.linear(x, layer.base_layer.weight, layer.base_layer.bias)
+        h = nn.functional.linear(dropped, layer.lora_A) * gate
+        expected = base + nn.functional.linear(h, layer.lora_B).to(base.dtype)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, expected)
+    assert torch.equal(state_after_forward, state_after_one_draw)

@@ -200,9 +200,12 @@ class AdapterLayer(nn.Module):
         if not self.has_delta():
             return out
         h = self.low_rank_input(x)
-        if h is None or h.dtype != out.dtype or self.lora_B.dtype != out.dtype:
-            # e.g. under autocast: in-place addmm_ is not autocast, so use the out-of-place sum
+        if h is None:
             return out + self.delta(x).to(out.dtype)
+        if h.dtype != out.dtype or self.lora_B.dtype != out.dtype:
+            # e.g. under autocast: in-place addmm_ is not autocast, so use the out-of-place sum. Reuse h
+            # (delta = h B^T): recomputing it would draw the dropout mask a second time.
+            return out + nn.functional.linear(h, self.lora_B).to(out.dtype)
         # out += h B^T inside the matmul, in place: the base output is fresh and its backward does not
         # need it, so no copy of the (N, d_out) output and no separate addition pass
         flat = out.reshape(-1, self.out_features)

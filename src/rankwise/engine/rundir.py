@@ -22,13 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from rankwise import io
 from rankwise.config import RunConfig, config_from_dict, read_yaml
 from rankwise.engine import checkpoint as ckpt
 from rankwise.engine import runlock
+from rankwise.engine.results import RunResult, ensure_metrics, load_result, write_metrics  # noqa: F401  (API)
 from rankwise.errors import CheckpointError, ConfigError, RankwiseError
 
 MARKER = ".rankwise-run.json"
@@ -295,36 +295,6 @@ def read_saved_config(run_dir: str | Path) -> dict[str, Any]:
         return read_yaml(path)
     except UnicodeDecodeError as exc:
         raise ConfigError("config", str(path), f"UTF-8 text (corrupted? {exc})") from exc
-
-
-def write_metrics(path: Path, config: RunConfig, task_names: list[str], rows: list[list[float]]) -> dict:
-    """metrics.json of a finished run: Transfer, Average, Last, BWT, ... of its accuracy matrix."""
-    from rankwise.metrics import summarize
-
-    metrics = summarize(np.asarray(rows, dtype=np.float64))
-    io.write_json(path, {"method": config.method.name, "name": config.name, "tasks": task_names, **metrics})
-    return metrics
-
-
-def ensure_metrics(path: Path, config: RunConfig, task_names: list[str], rows: list, say: Callable[[str], None]) -> None:
-    """Recompute a finished run's metrics.json from the committed rows if it is missing or damaged."""
-    try:
-        io.read_json(path)
-        return
-    except CheckpointError:
-        pass
-    write_metrics(path, config, task_names, rows)
-    say(f"{path} was missing or damaged: recomputed from the committed accuracy matrix")
-
-
-def load_result(run_dir: str | Path):
-    """Read a finished run's accuracy matrix and metrics back from disk."""
-    run_dir = Path(run_dir)
-    data = io.read_json(run_dir / "accuracy_matrix.json")
-    metrics = io.read_json(run_dir / "metrics.json")
-    from rankwise.engine.continual import RunResult
-
-    return RunResult(np.asarray(data["matrix"], dtype=np.float64), metrics, run_dir, list(data["tasks"]))
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:

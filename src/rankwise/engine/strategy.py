@@ -1,0 +1,169 @@
+"""What differs between run kinds, in one small object chosen once from the config.
+
+    zero-shot   the backbone as it is: row 0 is evaluated and every later row equals it (no training)
+    full        every backbone weight trains; a task checkpoint is the whole state dict
+    adapter     (lora, codyra, moram, ...) only the adapters' tensors train; the method's lifecycle
+                (begin_task -> after_optimizer_step per step -> end_task) runs around each task and a
+                task checkpoint is the adapter folder (save_pretrained)
+
+The loop in continual.py calls the same hooks for every kind and never tests a method name;
+`strategy_for` is the one place that maps a ``method.name`` to its kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from rankwise import io
+from rankwise.adapters import get_model, load_model
+from rankwise.config import RunConfig, resolve_method
+from rankwise.engine import checkpoint as ckpt
+from rankwise.engine import distributed as ddp
+from rankwise.engine import memory
+from rankwise.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from rankwise.engine.build import Parts
+
+
+class RunStrategy:
+    """The whole model trains and is saved as one state dict (the base of the other kinds)."""
+
+    trains = True  # False: nothing is trained, every row after the zero-shot one repeats it
+
+    def resolve(self, config: RunConfig, backbone: Any) -> None:
+        """Fill in what the method section leaves to the backbone (on the engine's own config copy)."""
+
+    def attach(self, parts: Parts, config: RunConfig, restore_from: Path | None) -> None:
+        """Make `parts.model` ready for the run; `restore_from` is a finished task's checkpoint."""
+        if restore_from is None:
+            return
+        ckpt.verify_dir(restore_from)
+        state = io.load_tensors(restore_from / "model.safetensors", device=parts.device)
+        differ = set(parts.backbone.model.state_dict()) ^ set(state)
+        if differ:
+            raise CheckpointError(f"{restore_from} does not fit the model: keys differ, e.g. {sorted(differ)[:3]}")
+        ckpt.check_shapes(parts.backbone.model.state_dict(), state, restore_from / "model.safetensors")
+        parts.backbone.model.load_state_dict(state)
+
+    def begin_task(self, model: torch.nn.Module, name: str) -> None:
+        """Called before a task's optimizer is built."""
+
+    def trainable(self, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+        """The tensors this task's optimizer updates, by name."""
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return dict(model.named_parameters())
+
+    def keeps_optimizer(self, model: torch.nn.Module) -> bool:
+        """Whether the optimizer state runs on from one task to the next (official TRACE runner)."""
+        return False
+
+    def after_step(self, model: torch.nn.Module) -> Callable[[int, int], dict[str, Any]] | None:
+        """Called as ``f(iteration, total)`` after every optimizer step; what it returns is logged with
+        the step (``StepLog.extra``). None: nothing to call."""
+        return None
+
+    def end_task(self, model: torch.nn.Module, dist: ddp.DistContext) -> None:
+        """Called after a task's last step, before its checkpoint is saved."""
+
+    def save(self, directory: Path, model: torch.nn.Module) -> None:
+        """Write a finished task's checkpoint into the (temporary) folder `directory`."""
+        seen: set[int] = set()
+        tensors = {}
+        for key, value in model.state_dict().items():
+            ptr = value.untyped_storage().data_ptr()
+            tensors[key] = value.clone() if ptr in seen else value  # safetensors refuses shared memory
+            seen.add(ptr)
+        io.save_tensors(directory / "model.safetensors", tensors)
+
+    def evaluate(
+        self, model: torch.nn.Module, dist: ddp.DistContext, evaluate: Callable[[], list[float]]
+    ) -> tuple[list[float], list[dict[str, Any]] | None]:
+        """The row after a task (from `evaluate`) and the per-layer report logged with it."""
+        return evaluate(), None
+
+    def set_inference_options(self, model: torch.nn.Module, method: str, options: dict[str, Any]) -> None:
+        raise ConfigError("--set", options, f"MoRAM inference options; this run is {method!r}")
+
+
+class FullFineTuning(RunStrategy):
+    """``method.name: full``."""
+
+
+class ZeroShot(RunStrategy):
+    """``method.name: zero-shot``: evaluated once, never trained, never restored."""
+
+    trains = False
+
+    def attach(self, parts: Parts, config: RunConfig, restore_from: Path | None) -> None:
+        return
+
+
+class AdapterMethod(RunStrategy):
+    """An adapter method: the adapters are injected (or restored) and only their tensors train."""
+
+    def resolve(self, config: RunConfig, backbone: Any) -> None:
+        resolve_method(config.method, backbone.default_target_preset)
+
+    def attach(self, parts: Parts, config: RunConfig, restore_from: Path | None) -> None:
+        adapter_config = config.method.config
+        memory.check_adapter_memory(parts.backbone.model, adapter_config, len(parts.tasks), parts.device)
+        try:
+            if restore_from is not None:
+                ckpt.verify_dir(restore_from)
+                parts.model = load_model(parts.backbone.model, restore_from)
+            else:
+                parts.model = get_model(parts.backbone.model, adapter_config)
+        except (MemoryError, RuntimeError) as exc:  # past the estimate: explain a failed allocation
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if not isinstance(exc, MemoryError) and "alloc" not in text.lower() and "out of memory" not in text:
+                raise
+            raise ConfigError(
+                "method.r", adapter_config.r, f"a rank whose adapters fit in memory (allocating them failed: {text})"
+            ) from exc
+
+    def begin_task(self, model: torch.nn.Module, name: str) -> None:
+        model.begin_task(name)
+
+    def trainable(self, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+        wanted = {id(p) for p in model.trainable_parameters()}
+        return {n: p for n, p in model.named_parameters() if id(p) in wanted}
+
+    def keeps_optimizer(self, model: torch.nn.Module) -> bool:
+        return bool(getattr(model.config, "keep_optimizer", False))
+
+    def after_step(self, model: torch.nn.Module) -> Callable[[int, int], dict[str, Any]] | None:
+        return model.after_optimizer_step  # CoDyRA: {"k": the prox threshold of this step}
+
+    def end_task(self, model: torch.nn.Module, dist: ddp.DistContext) -> None:
+        model.end_task()
+        # MoRAM fresh_atoms='end_task' draws the next task's atoms now: rank 0's on every rank
+        ddp.broadcast_parameters(model.trainable_parameters(), dist)
+
+    def save(self, directory: Path, model: torch.nn.Module) -> None:
+        model.save_pretrained(directory)
+
+    def evaluate(
+        self, model: torch.nn.Module, dist: ddp.DistContext, evaluate: Callable[[], list[float]]
+    ) -> tuple[list[float], list[dict[str, Any]] | None]:
+        with model.track_activations():  # MoRAM: how often each atom is routed to, summed over ranks
+            row = evaluate()
+            ddp.reduce_activation_stats(model, dist)
+        return row, model.rank_report()
+
+    def set_inference_options(self, model: torch.nn.Module, method: str, options: dict[str, Any]) -> None:
+        model.set_inference_options(**options)
+
+
+def strategy_for(method: str) -> RunStrategy:
+    """The strategy of ``method.name``: the one place the engine tells the run kinds apart."""
+    if method == "zero-shot":
+        return ZeroShot()
+    if method == "full":
+        return FullFineTuning()
+    return AdapterMethod()

@@ -294,12 +294,10 @@ def test_yaml_exponent_numbers_are_floats_in_every_section(tmp_path):
     assert cfg.method.options["dense_fraction"] == 0.5
     assert cfg.train.lr == 5e-4 and cfg.train.weight_decay == 0.01 and type(cfg.train.lr) is float
     assert cfg.scenario.config.noise == 0.2 and type(cfg.scenario.config.noise) is float
-    from rankwise.config import resolve_method
-
-    assert resolve_method(cfg.method, "toy").k_max == 0.005
+    assert cfg.method.config.k_max == 0.005  # the typed adapter config, built in the same pass
     moram = config_from_dict({**base(), "method": {"name": "moram", "r": 4, "tau": "1e-2", "delta": "-5e-1"}})
     assert moram.method.options["tau"] == 0.01 and moram.method.options["delta"] == -0.5
-    assert resolve_method(moram.method, "toy").tau == 0.01
+    assert moram.method.config.tau == 0.01 and moram.method.config.delta == -0.5
     assert config_from_dict(with_("method.k_max", "5e-3")).method.options["k_max"] == 0.005
 
 
@@ -362,3 +360,64 @@ def test_non_utf8_config_is_one_config_error(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "c.yaml")
     assert info.value.field == "config" and "0xff at line 1" in str(info.value)
+
+
+# -- the method section in one pass; `rankwise config show` (issue 11 item 2) -----------------------
+def test_method_section_is_built_once_and_the_preset_left_to_the_engine():
+    from rankwise.adapters import CoDyRAConfig
+
+    cfg = config_from_dict({**base(), "method": {"name": "codyra", "r": 4, "k_max": "5e-3"}})
+    assert isinstance(cfg.method.config, CoDyRAConfig)  # built here, not by a probe or a later call
+    assert cfg.method.config.k_max == 0.005 and cfg.method.config.preset is None
+    filled = cfg.method.config.with_default_preset("toy")
+    assert filled.preset == "toy" and filled.k_max == 0.005 and cfg.method.config.preset is None
+    own = config_from_dict({**base(), "method": {"name": "codyra", "preset": "bert"}}).method.config
+    assert own.with_default_preset("toy") is own  # a preset the user gave wins
+    with pytest.raises(ConfigError, match=r"method\.preset='nope'"):
+        config_from_dict({**base(), "method": {"name": "lora", "preset": "nope"}})
+    with pytest.raises(ConfigError, match=r"method\.rank=.*a known key: .*'r'"):
+        config_from_dict({**base(), "method": {"name": "lora", "rank": 4}})
+
+
+def test_engine_fills_the_backbone_preset_on_its_own_copy():
+    from rankwise.engine.build import build_base
+
+    cfg = config_from_dict({**base(), "method": {"name": "moram", "r": 2}})
+    parts = build_base(cfg)
+    assert parts.config.method.config.preset == "toy" and parts.config.method.config.tau == 0.01
+    assert cfg.method.config.preset is None  # the caller's config is unchanged
+
+
+def test_no_function_level_import_of_the_package_root():
+    import ast
+
+    for path in (REPO / "src" / "rankwise").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for inner in ast.walk(node):
+                    if isinstance(inner, ast.Import):
+                        assert "rankwise" not in [a.name for a in inner.names], f"{path}:{inner.lineno}"
+
+
+def test_config_show_lists_every_field_of_every_section(capsys):
+    import dataclasses
+
+    from rankwise.cli import main
+    from rankwise.config import EvalConfig, OutputConfig, TrainConfig
+    from rankwise.config_presets import resolve_config
+
+    assert main(["config", "show", "toy_moram", "--set", "method.tau=0.05"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    by_key = {line.split()[0]: line for line in lines}
+    tau = by_key["method.tau"]
+    assert "float" in tau and "= 0.05" in tau and "(default 0.01)" in tau and "softmax temperature" in tau
+    assert "bool" in by_key["train.bf16"] and "bfloat16 autocast" in by_key["train.bf16"]
+    assert "'moram'" in by_key["method.name"] and "'codyra'" in by_key["method.name"]
+    cfg = load_config(resolve_config("toy_moram"))
+    expected = ["name", "seed", "device", "threads", "method.name", "backbone.name", "scenario.name"]
+    for section, obj in (("method", cfg.method.config), ("backbone", cfg.backbone.config),
+                         ("scenario", cfg.scenario.config), ("train", TrainConfig()), ("eval", EvalConfig()),
+                         ("output", OutputConfig())):  # fmt: skip
+        expected += [f"{section}.{f.name}" for f in dataclasses.fields(obj) if f.init]
+    assert sorted(by_key) == sorted(expected) and len(lines) == len(expected)
+    assert all(" # " in by_key[k] for k in expected if k.startswith(("method.", "train.", "backbone.")))

@@ -158,7 +158,9 @@ def test_local_folder_wins_over_a_hub_id_of_the_same_name(
 
 
 def test_offline_cached_open_clip_hf_hub_name_loads(offline_cache: Path, tmp_path: Path) -> None:
-    from rankwise.backbones.clip import OpenClipConfig, build_open_clip, save_open_clip
+    from backbones.clip_helpers import save_open_clip
+
+    from rankwise.backbones.clip import OpenClipConfig, build_open_clip
 
     torch.manual_seed(3)
     built = build_open_clip(OpenClipConfig(model_config=TINY_OPEN_CLIP), "cpu")

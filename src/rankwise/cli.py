@@ -5,6 +5,7 @@
     rankwise eval RUN_DIR [--tasks NAME ...] [--set method.delta=0.1 ...]
     rankwise report RUN_DIR [RUN_DIR ...] [--out DIR]
     rankwise list
+    rankwise config show PRESET_OR_FILE [--set KEY=VALUE ...] | --method NAME
     rankwise export RUN_DIR --to peft|merged|rankwise [--task N] [--out DIR] [--push-to-hub REPO]
     rankwise data check --scenario NAME --root DIR
 
@@ -68,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="output directory (default: RUN_DIR/report for one run, else ./report)")
 
     sub.add_parser("list", help="methods, scenarios, backbones and config presets")
+
+    cfg = sub.add_parser("config", help="inspect run configs")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    show = cfg_sub.add_parser("show", help="every key of a config: type, value, default and help text")
+    show.add_argument("config", nargs="?", help="run config YAML, or a preset name from `rankwise list`")
+    show.add_argument("--method", help="instead: one adapter method's keys and defaults (e.g. codyra)")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value first (repeatable)")  # fmt: skip
 
     exp = sub.add_parser("export", help="write a run's model as a peft, merged or rankwise folder")
     exp.add_argument("run_dir")
@@ -164,18 +173,28 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def _or(words: list[str]) -> str:
+    """``a, b or c``."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
 def inference_options(overrides: list[str]) -> dict[str, Any]:
     """``["method.delta=0", ...]`` -> ``{"delta": 0.0, ...}`` (numbers read as numbers, also ``5e-3``)."""
+    from rankwise.adapters.methods import get_method, method_names
     from rankwise.config import apply_override
     from rankwise.errors import ConfigError
 
+    by_method = {m: get_method(m).config.inference_options for m in method_names()}
+    allowed = {k for keys in by_method.values() for k in keys}
     options: dict[str, Any] = {}
     for override in overrides:
         data: dict[str, Any] = {}
         apply_override(data, override)
         method = data.get("method")
-        if set(data) != {"method"} or not isinstance(method, dict) or not set(method) <= {"top_k", "tau", "delta"}:
-            raise ConfigError("--set", override, "method.top_k, method.tau or method.delta (MoRAM inference)")
+        if set(data) != {"method"} or not isinstance(method, dict) or not set(method) <= allowed:
+            listed = "; ".join(f"{_or(['method.' + k for k in keys])} ({m} inference)"
+                               for m, keys in by_method.items() if keys)  # fmt: skip
+            raise ConfigError("--set", override, listed or "nothing: no method has inference options")
         for key, value in method.items():
             if isinstance(value, str):
                 try:
@@ -216,11 +235,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from rankwise.adapters.methods import get_method, method_names
     from rankwise.adapters.presets import TARGET_PRESETS
-    from rankwise.config import METHODS
+    from rankwise.config import RUN_KINDS
     from rankwise.registry import BACKBONES, SCENARIOS
 
-    print("methods:   " + ", ".join(METHODS))
+    print("methods:   " + ", ".join(RUN_KINDS + method_names()))
+    for name in method_names():  # the method table (adapters/methods.py)
+        print(f"  {name:<18} {get_method(name).summary}")
     for title, table in (("scenarios", SCENARIOS), ("backbones", BACKBONES)):
         print(f"{title}:")
         for name, entry in table.items():
@@ -276,6 +298,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    from rankwise.config import load_config
+    from rankwise.config_presets import resolve_config
+    from rankwise.config_show import describe, describe_method, format_keys
+    from rankwise.errors import ConfigError
+
+    if (args.config is None) == (args.method is None):
+        raise ConfigError("config show", args.config or args.method, "a config (file or preset) or --method NAME")
+    if args.method is not None:
+        keys = describe_method(args.method)
+    else:
+        keys = describe(load_config(resolve_config(args.config), args.overrides))
+    print(format_keys(keys))
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from rankwise.scenarios.data_check import check
 
@@ -285,7 +323,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "eval": _cmd_eval, "report": _cmd_report, "list": _cmd_list, "data": _cmd_data,
+COMMANDS = {"run": _cmd_run, "eval": _cmd_eval, "report": _cmd_report, "list": _cmd_list, "data": _cmd_data, "config": _cmd_config,
             "export": _cmd_export}  # fmt: skip
 
 

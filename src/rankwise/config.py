@@ -19,17 +19,28 @@ from typing import Any
 import yaml
 
 from rankwise import registry
+from rankwise.adapters.methods import get_method, method_names
 from rankwise.config_types import build_dataclass, check_size, coerce, coerce_fields, plain, type_name
 from rankwise.errors import ConfigError, choices
 
 __all__ = [
-    "ADAPTER_METHODS", "METHODS", "Component", "EvalConfig", "OutputConfig", "RunConfig", "TrainConfig",
-    "apply_override", "build_dataclass", "coerce", "config_from_dict", "fold_aliases", "load_config",
-    "read_yaml", "resolve_method",
+    "ADAPTER_METHODS", "METHODS", "Component", "EvalConfig", "OutputConfig", "RunConfig", "TrainConfig",  # noqa: F822 (module __getattr__)
+    "RUN_KINDS", "apply_override", "build_dataclass", "coerce", "config_from_dict", "fold_aliases",
+    "load_config", "read_yaml",
 ]  # fmt: skip
 
-METHODS = ("zero-shot", "full", "lora", "codyra", "moram")
-ADAPTER_METHODS = ("lora", "codyra", "moram")
+#: ``method.name`` values that attach no adapter: evaluate only, or train every weight
+RUN_KINDS = ("zero-shot", "full")
+
+
+def __getattr__(name: str) -> Any:
+    """``METHODS`` (every ``method.name``) and ``ADAPTER_METHODS`` (the adapter ones), read from the
+    method table (adapters/methods.py) at each use, so a method registered later is included."""
+    if name == "ADAPTER_METHODS":
+        return method_names()
+    if name == "METHODS":
+        return RUN_KINDS + method_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -109,7 +120,7 @@ class Component:
     ``options`` are the keys given by the user, used to rebuild it.
     """
 
-    name: str
+    name: str = field(metadata={"help": "the registered name (see `rankwise list`)"})
     options: dict[str, Any] = field(default_factory=dict)
     config: Any = None
 
@@ -125,13 +136,13 @@ class Component:
 class RunConfig:
     """A whole experiment: what to train, on what, how, and where to write it."""
 
-    name: str
-    method: Component
-    backbone: Component
-    scenario: Component
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
+    name: str = field(metadata={"help": "run name; the run directory is runs/<name> unless output.dir is set"})
+    method: Component = field(metadata={"help": "adapter method (or zero-shot / full) and its options"})
+    backbone: Component = field(metadata={"help": "pre-trained model and its options"})
+    scenario: Component = field(metadata={"help": "task stream (alias: data) and its options"})
+    seed: int = field(default=0, metadata={"help": "seed of every random draw (data order, init, dropout)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N | mps"})
+    threads: int | None = field(default=None, metadata={"help": "torch intra-op threads; null: torch's default"})
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -166,13 +177,13 @@ _plain = plain
 
 def _component(section: str, data: Any, table: dict[str, registry.Entry] | None) -> Component:
     if not isinstance(data, dict) or "name" not in data:
-        names = list(table) if table is not None else list(METHODS)
+        names = list(table) if table is not None else list(RUN_KINDS + method_names())
         raise ConfigError(
             f"{section}.name", None if not isinstance(data, dict) else data.get("name"), choices(names)
         )
     options = {k: v for k, v in data.items() if k != "name"}
     name = data["name"]
-    valid = list(table) if table is not None else list(METHODS)
+    valid = list(table) if table is not None else list(RUN_KINDS + method_names())
     if not isinstance(name, str):  # e.g. [toy]: a list is no name (and cannot be looked up)
         raise ConfigError(f"{section}.name", name, choices(valid))
     if table is None:
@@ -188,9 +199,12 @@ def _component(section: str, data: Any, table: dict[str, registry.Entry] | None)
 
 
 def _method(name: Any, options: dict[str, Any]) -> Component:
-    if name not in METHODS:
-        raise ConfigError("method.name", name, choices(METHODS))
-    if name not in ADAPTER_METHODS:
+    """The method section: a run kind (no options), or the typed config of a registered method, built
+    in the same pass as every other section. The target preset, when neither ``preset`` nor
+    ``target_modules`` is given, is the backbone's: the engine fills it in when it builds the model."""
+    if name not in RUN_KINDS + method_names():
+        raise ConfigError("method.name", name, choices(RUN_KINDS + method_names()))
+    if name in RUN_KINDS:
         if options:
             raise ConfigError(
                 f"method.{next(iter(options))}",
@@ -198,34 +212,10 @@ def _method(name: Any, options: dict[str, Any]) -> Component:
                 f"no other keys: method {name!r} takes only 'name'",
             )
         return Component(name, {}, None)
-    import rankwise
-    from rankwise.adapters.model import CONFIG_CLASSES
-
+    cls = get_method(name, "method.name").config
     # the same typed pass as every other section: `k_max: 5e-3` (a string to YAML) becomes 0.005
-    options = coerce_fields(CONFIG_CLASSES[name], options, "method")
-    try:
-        # the preset defaults to the backbone's own; validation only needs *a* target here.
-        probe = dict(options)
-        if probe.get("preset") is None and probe.get("target_modules") is None:
-            probe["preset"] = "toy"
-        rankwise.adapter_config_from_dict({"method": name, **probe})
-    except ConfigError as exc:
-        field_ = exc.field if exc.field.startswith("method.") else f"method.{exc.field}"
-        raise ConfigError(field_, exc.value, exc.expected) from exc
-    except TypeError as exc:
-        raise ConfigError("method", options, f"fields of the {name} adapter config ({exc})") from exc
-    return Component(name, dict(options), None)
-
-
-def resolve_method(component: Component, default_preset: str) -> Any:
-    """Build the adapter config, filling the backbone's default target preset if none was given."""
-    import rankwise
-
-    options = dict(component.options)
-    if options.get("preset") is None and options.get("target_modules") is None:
-        options["preset"] = default_preset
-    component.config = rankwise.adapter_config_from_dict({"method": component.name, **options})
-    return component.config
+    config = build_dataclass(cls, options, "method")
+    return Component(name, coerce_fields(cls, options, "method"), config)
 
 
 TOP_LEVEL = ("name", "seed", "device", "threads", "method", "backbone", "scenario", "train", "eval", "output")

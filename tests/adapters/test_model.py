@@ -349,7 +349,7 @@ def test_a_failure_after_merges_restores_the_base_weights(tmp_path, monkeypatch,
 
 def test_inject_adapters_alone_is_all_or_nothing(monkeypatch):
     """The attention is split and its q_proj wrapped before wrapping layer 1 fails: all undone."""
-    from rankwise.adapters import inject
+    from rankwise.adapters import inject, methods
     from rankwise.adapters.lora import LoRALinear
 
     class FailsOnSecond(LoRALinear):
@@ -363,7 +363,7 @@ def test_inject_adapters_alone_is_all_or_nothing(monkeypatch):
 
     model = nn.Sequential(nn.MultiheadAttention(8, 2), nn.Linear(8, 8))
     before = _snapshot(model)
-    monkeypatch.setitem(inject.LAYER_CLASSES, LoRAConfig, FailsOnSecond)
+    monkeypatch.setitem(methods._TABLE, "lora", methods.Method("lora", LoRAConfig, FailsOnSecond))
     with pytest.raises(MemoryError):
         inject.inject_adapters(model, LoRAConfig(target_modules=["q_proj", "1"]))
     assert FailsOnSecond.made == 2

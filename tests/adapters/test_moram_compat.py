@@ -217,7 +217,7 @@ def test_set_inference_options_is_moram_only():
     from rankwise import CoDyRAConfig
 
     model = get_model(nn.Sequential(nn.Linear(6, 5)), CoDyRAConfig(r=2, target_modules=["0"]))
-    with pytest.raises(ConfigError, match="delta.*MoRAM"):
+    with pytest.raises(ConfigError, match=r"delta=0.1.*'codyra': it has none; .*moram \(top_k, tau, delta\)"):
         model.set_inference_options(delta=0.1)
 
 

@@ -1,6 +1,6 @@
 """The fast MoRAM forward (split keys, top-k value gather) against a straightforward dense implementation.
 
-The reference below is the formula as written in METHODS.md, computed the obvious way: concatenate the
+The reference below is the formula as written in docs/methods.md, computed the obvious way: concatenate the
 bank, build the full (N, R) weight matrix by scatter and multiply by the whole B_all.
 """
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from backbones.clip_helpers import save_open_clip
 from torch import nn
 
 from rankwise.backbones.clip import (
@@ -22,7 +23,6 @@ from rankwise.backbones.clip import (
     build_hf_clip,
     build_open_clip,
     clip_loss,
-    save_open_clip,
 )
 from rankwise.errors import ConfigError, DataError
 from rankwise.tasks import ClassificationExample, Task
@@ -412,7 +412,7 @@ def test_config_errors(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_vit_b16_shapes_with_codyra_forward_backward() -> None:
-    """ViT-B/16 (random init): 144 adapted linears, 4.4M trainable parameters at r = 16 (METHODS.md),
+    """ViT-B/16 (random init): 144 adapted linears, 4.4M trainable parameters at r = 16 (docs/methods.md),
     one forward/backward of the CLIP loss reaches every factor. About 45 s on 2 shared CPU cores."""
     import rankwise
 

@@ -152,3 +152,38 @@ def test_out_of_sync_ranks_are_detected(monkeypatch):
         model.weight[0, 0] = model.bias[0].item()
         model.bias[0] = a
     assert ddp.model_checksum(model) != same
+
+
+def test_two_processes_sum_moram_activation_counts_over_ranks(tmp_path, monkeypatch):
+    """Evaluation is sharded, so each rank counts the atoms routed on its own slice of every test set;
+    the task_end rank report must hold the counts over all test tokens, as one process sees them."""
+    import torch.nn.functional as F
+
+    from rankwise.backbones.toy import ToyBackbone
+
+    data = toy_dict("moram", iterations=2, checkpoint_every=2, log_every=1)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    two = _torchrun(tmp_path, tmp_path / "ddp")
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def per_example_loss(self, batch, task):  # the objective the two processes train (ddp_entry.py)
+        logits = self.model(batch["tokens"], batch["class_tokens"]).float()
+        return F.cross_entropy(logits, batch["labels"])
+
+    monkeypatch.setattr(ToyBackbone, "loss", per_example_loss)
+    one = run_experiment(config_from_dict(data), tmp_path / "one", quiet=True)
+
+    def reports(run_dir):
+        events = map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
+        return [e["rank_report"] for e in events if e["event"] == "task_end"]
+
+    pairs = list(zip(reports(tmp_path / "ddp"), reports(one.run_dir)))
+    assert len(pairs) == 3
+    for two_layers, one_layers in pairs:
+        assert len(two_layers) == len(one_layers) == 12
+        for a, b in zip(two_layers, one_layers):
+            assert a["layer"] == b["layer"]
+            if a["layer"].startswith("input_tower."):  # inputs sharded over the ranks
+                assert a["tokens_seen"] == b["tokens_seen"] > 0  # both shards counted (one alone: half)
+            # nearly the same weights (summation order only): nearly the same routing rates
+            assert a["activation_rate_per_task"] == pytest.approx(b["activation_rate_per_task"], abs=0.02)

@@ -580,3 +580,29 @@ def test_paper_presets_hold_the_official_values(tmp_path: Path, preset: str) -> 
     )
     if order is not None:
         assert sc["order"] == order
+
+
+def test_torchvision_train_test_loaders_read_files_labels_and_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Aircraft, DTD, Food and Flowers share one torchvision loader: it builds the train and test splits
+    of the named class, pairs each image file with its label, and takes the class names from the set
+    (Flowers102, which has none, from the official list)."""
+    from rankwise.scenarios import mtil_datasets as md
+
+    built = []
+
+    class FakeSet:
+        def __init__(self, root, split, download):
+            assert download is False
+            built.append((self.name, split))
+            self.classes = [f"{self.name}-a", f"{self.name}-b"]
+            self._image_files = [Path(f"{root}/{split}/{i}.jpg") for i in range(3)]
+            self._labels = [i % 2 for i in range(3)]
+
+    monkeypatch.setattr(md, "_tv", lambda name: type(name, (FakeSet,), {"name": name}))
+    for key, name in (("aircraft", "FGVCAircraft"), ("dtd", "DTD"), ("food", "Food101"), ("flowers", "Flowers102")):
+        built.clear()
+        names, train, test = md.TORCHVISION_LOADERS[key](Path("/r"), 0)
+        assert built == [(name, "train"), (name, "test")]
+        assert names == (list(md.FLOWERS_NAMES) if key == "flowers" else [f"{name}-a", f"{name}-b"])
+        assert train == [("/r/train/0.jpg", 0), ("/r/train/1.jpg", 1), ("/r/train/2.jpg", 0)]
+        assert test == [("/r/test/0.jpg", 0), ("/r/test/1.jpg", 1), ("/r/test/2.jpg", 0)]

@@ -291,3 +291,13 @@ def test_official_runner_preset_carries_the_official_values(preset, tmp_path):
     # ceil(epochs * 500 / 32): 2 -> 32, 1 -> 16, 3 -> 47
     assert [t.info["iterations"] for t in tasks] == [32, 16, 47, 32, 16, 32, 32, 47]
     assert {t.name: t.metric for t in tasks}["20Minuten"] == "sari"
+
+
+def test_text_and_trace_read_the_shared_sets_through_one_module():
+    """The task table and readers live in `scenarios.readers`; text-mtil's old import paths still work."""
+    from rankwise.scenarios import readers, text, trace
+
+    assert trace.TASKS is readers.TASKS is text.TASKS
+    assert trace.load_trec is readers.load_trec is text.load_trec
+    assert trace.load_cl_benchmark is readers.load_cl_benchmark is text.load_cl_benchmark
+    assert text.resolve_root is readers.resolve_root and text.load_lines is readers.load_lines

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from rankwise.adapters.presets import TARGET_PRESETS
 from rankwise.errors import CheckpointError, ConfigError, LifecycleError
 
 
@@ -27,6 +29,11 @@ class AdapterConfig:
     """Fields shared by every adapter method (peft's vocabulary)."""
 
     method: ClassVar[str] = ""
+    #: fields that may change on a trained or loaded model (`RankwiseModel.set_inference_options`)
+    inference_options: ClassVar[tuple[str, ...]] = ()
+    #: whether every task's adapter is kept, unmerged, for the rest of the run (memory estimates count
+    #: T copies; MoRAM's bank)
+    bank_grows_per_task: ClassVar[bool] = False
 
     r: int = field(default=16, metadata={"help": "rank of each task's adapter (atoms per task for MoRAM)"})
     lora_alpha: float | None = field(
@@ -41,7 +48,10 @@ class AdapterConfig:
         },
     )
     preset: str | None = field(
-        default=None, metadata={"help": "named target-module preset: open_clip, hf_clip, bert, llama, toy"}
+        default=None, metadata={
+            "help": "named target-module preset: open_clip, hf_clip, bert, llama, toy; None with no "
+            "target_modules: the backbone's own (filled in when the run builds the model)"
+        },
     )
     exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "names or a regex of modules never to adapt (e.g. one tower)"}
@@ -85,10 +95,15 @@ class AdapterConfig:
             self.keep_optimizer = False
         if not isinstance(self.keep_optimizer, bool):
             raise ConfigError("keep_optimizer", self.keep_optimizer, "true, false or None")
-        from rankwise.adapters.presets import TARGET_PRESETS
-
         if self.preset is not None and self.preset not in TARGET_PRESETS:
             raise ConfigError("preset", self.preset, "one of " + ", ".join(sorted(TARGET_PRESETS)))
+
+    def with_default_preset(self, preset: str) -> AdapterConfig:
+        """This config, or a copy with ``preset`` set when neither `preset` nor `target_modules` is given
+        (the engine fills in the backbone's own preset this way, once, when it builds the model)."""
+        if self.preset is not None or self.target_modules is not None:
+            return self
+        return replace(self, preset=preset)
 
     @property
     def scaling(self) -> float:
@@ -165,7 +180,31 @@ def expect_tensor(tensors: dict[str, torch.Tensor], key: str, shape: tuple[int |
 
 
 class AdapterLayer(nn.Module):
-    """Wraps a frozen nn.Linear; subclasses add ``delta(x)`` and the task lifecycle."""
+    """Wraps a frozen nn.Linear; subclasses add ``delta(x)`` and the task lifecycle.
+
+    Hooks a method overrides (all optional except `delta`; see docs/CONTRACT.md, "Adding a method"):
+
+    * per layer: `begin_task`, `end_task`, `merge_current`, `adapter_state` / `check_adapter_state` /
+      `load_adapter_state`, `report`, `apply_inference_options`, `extra_loss`, `collect_task_inputs`,
+      `reset_activation_stats` / `combine_activation_stats`;
+    * per model, on the class: `model_step` (after every optimizer step, over all layers of the model);
+    * class attributes: `mergeable` (merge_and_unload may fold it into W), `merge_refusal` (why not),
+      `records_activations` (counts routing in eval, see `RankwiseModel.track_activations`),
+      `needs_task_inputs` / `needs_task_inputs_at_end` (a feature-collection pass over the task's
+      training inputs before begin_task / before end_task, see `RankwiseModel.collecting_task_inputs`).
+    """
+
+    #: whether `merge_current` folds the adapter into the base weight exactly (merge_and_unload allowed)
+    mergeable: ClassVar[bool] = False
+    #: the error `RankwiseModel.merge_and_unload` raises when `mergeable` is False
+    merge_refusal: ClassVar[str] = "this adapter cannot be folded into the base weights; keep it (save_pretrained)"
+    #: whether the layer counts, in eval mode, how often its parts are used (MoRAM's atoms)
+    records_activations: ClassVar[bool] = False
+    #: whether the method needs the task's input features before `begin_task` (e.g. InfLoRA)
+    needs_task_inputs: ClassVar[bool] = False
+    #: whether it also needs them once more just before `end_task`, with the trained adapter live
+    #: (e.g. InfLoRA's memory of earlier tasks' input subspace); `task_active` tells the two passes apart
+    needs_task_inputs_at_end: ClassVar[bool] = False
 
     def __init__(self, base_layer: nn.Linear, config: AdapterConfig) -> None:
         super().__init__()
@@ -231,6 +270,35 @@ class AdapterLayer(nn.Module):
         if not self.task_active:
             raise LifecycleError("end_task() called with no active task; call begin_task(name) first")
         self.task_active = False
+
+    @classmethod
+    def model_step(
+        cls, layers: list[AdapterLayer], config: AdapterConfig, iteration: int, total_iterations: int
+    ) -> dict[str, Any]:
+        """After every optimizer step (1-based `iteration` of `total_iterations` in this task), called once
+        with every adapted layer of the model; returns what is logged with the step. Default: nothing, {}."""
+        return {}
+
+    def extra_loss(self) -> torch.Tensor | None:
+        """A regulariser this layer adds to the task loss at every step (e.g. O-LoRA's orthogonality
+        penalty); `RankwiseModel.extra_loss` sums it over layers. Default None: nothing is added."""
+        return None
+
+    def collect_task_inputs(self, x: torch.Tensor) -> None:
+        """Receives this layer's inputs x (..., d_in), detached, during a feature-collection pass over
+        the task's training data (`RankwiseModel.collecting_task_inputs`): before `begin_task` when
+        `needs_task_inputs` (``task_active`` False; e.g. InfLoRA designs A from them), before `end_task`
+        when `needs_task_inputs_at_end` (``task_active`` True). Default: ignores them."""
+
+    def apply_inference_options(self, config: AdapterConfig) -> None:
+        """Take the config's `inference_options` (changed by `RankwiseModel.set_inference_options`)."""
+
+    def reset_activation_stats(self) -> None:
+        """Start counting activations afresh (layers with `records_activations`)."""
+
+    def combine_activation_stats(self, sum_over_processes: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """After a sharded evaluation, replace the counts by their sums over processes (layers with
+        `records_activations`; ``sum_over_processes(t)`` is the elementwise sum of every process's t)."""
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [

@@ -142,6 +142,21 @@ PROX = {"reference": prox_reference, "soft": prox_soft}
 class CoDyRALinear(AdapterLayer):
     """y = W x + b + s * B (g * (A dropout(x))); ranks with g = 0 are dropped at merge time."""
 
+    mergeable = True
+
+    @classmethod
+    def model_step(
+        cls, layers: list[AdapterLayer], config: CoDyRAConfig, iteration: int, total_iterations: int
+    ) -> dict[str, Any]:
+        """The proximal gate step of every layer with k = `threshold_at(iteration, total)`, the threshold
+        the reference train loop uses after ``optimizer.step()`` at its 0-based iteration
+        ``iteration - 1``; returns ``{"k": k}`` (None: no prox this step)."""
+        k = threshold_at(iteration, total_iterations, config.dense_fraction, config.k_max, config.ramp_steps)
+        if k is not None:
+            for layer in layers:
+                layer.prox_step(k, config.prox)
+        return {"k": k}
+
     def __init__(self, base_layer: nn.Linear, config: CoDyRAConfig) -> None:
         super().__init__(base_layer, config)
         self.lora_A: nn.Parameter | None = None

@@ -79,7 +79,7 @@ def export_peft(
         raise LifecycleError(
             f"task {model.current_task!r} is still active; call end_task() before export_peft()"
         )
-    if model.config.method == "moram":
+    if not model.mergeable:  # MoRAM: a routed mixture is no fixed low-rank delta
         raise RankwiseError(
             "MoRAM cannot be exported to peft: each token mixes its atoms by a router, which a LoRA cannot "
             "express; keep the rankwise adapter (save_pretrained / `rankwise export --to rankwise`)"

@@ -11,18 +11,12 @@ from torch import nn
 
 from rankwise.adapters.attention import SplitMultiheadAttention
 from rankwise.adapters.base import AdapterConfig, AdapterLayer
-from rankwise.adapters.codyra import CoDyRAConfig, CoDyRALinear
-from rankwise.adapters.lora import LoRAConfig, LoRALinear
-from rankwise.adapters.moram import MoRAMConfig, MoRAMLinear
+from rankwise.adapters.methods import LAYER_CLASSES, method_of
 from rankwise.adapters.name_regex import compile_name_pattern
 from rankwise.adapters.presets import TARGET_PRESETS
 from rankwise.errors import ConfigError, TargetModulesError
 
-LAYER_CLASSES: dict[type[AdapterConfig], type[AdapterLayer]] = {
-    LoRAConfig: LoRALinear,
-    CoDyRAConfig: CoDyRALinear,
-    MoRAMConfig: MoRAMLinear,
-}
+__all__ = ["LAYER_CLASSES", "ModelEdit", "inject_adapters", "matches", "resolve_targets", "set_submodule", "transaction"]
 SPLIT_NAMES = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
@@ -145,7 +139,7 @@ def inject_adapters(
     for name in to_split:
         edit.replace(name, SplitMultiheadAttention(model.get_submodule(name)))
 
-    layer_cls = LAYER_CLASSES[type(config)]
+    layer_cls = method_of(config).layer
     layers: dict[str, AdapterLayer] = {}
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and matches(name, targets) and not matches(name, exclude):

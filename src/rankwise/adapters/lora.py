@@ -39,6 +39,8 @@ class LoRAConfig(AdapterConfig):
 class LoRALinear(AdapterLayer):
     """y = W x + b + s * B (A dropout(x)),  A: (r, d_in), B: (d_out, r), s = lora_alpha / r."""
 
+    mergeable = True
+
     def __init__(self, base_layer: nn.Linear, config: LoRAConfig) -> None:
         super().__init__(base_layer, config)
         self.merge_on_task_end = config.merge_on_task_end

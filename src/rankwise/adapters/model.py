@@ -21,32 +21,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise import __version__
+from rankwise._version import __version__
 from rankwise.adapters import adapter_files
 from rankwise.adapters.adapter_files import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE  # noqa: F401
 from rankwise.adapters.attention import SplitMultiheadAttention
 from rankwise.adapters.base import AdapterConfig, AdapterLayer, AdapterStateError
-from rankwise.adapters.codyra import CoDyRAConfig, threshold_at
 from rankwise.adapters.inject import ModelEdit, inject_adapters, set_submodule, transaction
-from rankwise.adapters.lora import LoRAConfig
-from rankwise.adapters.moram import MoRAMConfig, MoRAMLinear
+from rankwise.adapters.methods import CONFIG_CLASSES, get_method, method_names, method_of
 from rankwise.errors import CheckpointError, ConfigError, LifecycleError, RankwiseError
 
-_UNSET: Any = object()  # "not given" for set_inference_options (None is a valid top_k)
-CONFIG_CLASSES: dict[str, type[AdapterConfig]] = {
-    c.method: c for c in (LoRAConfig, CoDyRAConfig, MoRAMConfig)
-}
+__all__ = ["CONFIG_CLASSES", "RankwiseModel", "adapter_config_from_dict", "get_model", "load_model"]
 
 
 def adapter_config_from_dict(data: dict[str, Any]) -> AdapterConfig:
-    """Build LoRAConfig / CoDyRAConfig / MoRAMConfig from ``{"method": ..., **fields}``."""
+    """Build the config of a registered method (adapters/methods.py) from ``{"method": ..., **fields}``."""
     if not isinstance(data, dict):
         raise ConfigError("method", data, "a mapping of adapter settings with a 'method' key")
     data = dict(data)
-    method = data.pop("method", None)
-    if method not in CONFIG_CLASSES:
-        raise ConfigError("method", method, "one of " + ", ".join(repr(m) for m in CONFIG_CLASSES))
-    cls = CONFIG_CLASSES[method]
+    cls = get_method(data.pop("method", None)).config
     unknown = sorted(set(data) - set(cls.field_names()))
     if unknown:
         raise ConfigError(
@@ -63,9 +55,9 @@ def get_model(model: nn.Module, config: AdapterConfig) -> RankwiseModel:
     All or nothing: when it raises, `model` is exactly as it was (modules, values, requires_grad).
     """
     if not isinstance(config, AdapterConfig):
-        raise TypeError(
-            f"config must be a LoRAConfig, CoDyRAConfig or MoRAMConfig, got {type(config).__name__}"
-        )
+        names = ", ".join(get_method(m).config.__name__ for m in method_names())
+        raise TypeError(f"config must be an adapter config ({names}), got {type(config).__name__}")
+    method_of(config)  # a registered method, before the model is touched
     with transaction(model) as edit:
         _inject(model, config, edit)
     return RankwiseModel(model, config)
@@ -86,6 +78,12 @@ class RankwiseModel(nn.Module):
         self.tasks: list[str] = []
         self.current_task: str | None = None
         self._unloaded = False
+        self.layer_class = method_of(config).layer  # the method's hooks (adapters/methods.py)
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether `merge_and_unload` can fold this method's adapters into the base weights."""
+        return self.layer_class.mergeable
 
     # -- plumbing --------------------------------------------------------------------------------
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -134,45 +132,83 @@ class RankwiseModel(nn.Module):
     def after_optimizer_step(self, iteration: int, total_iterations: int) -> dict[str, Any]:
         """Call after every optimizer.step() with the 1-based step count of this task.
 
-        CoDyRA: applies the proximal step to every gate with k = `threshold_at(iteration, total)`, the
-        threshold the reference train loop uses after ``optimizer.step()`` at its 0-based iteration
-        ``iteration - 1``, and returns ``{"k": k}`` (None: no prox this step). Other methods: no-op, {}.
+        Runs the method's `AdapterLayer.model_step` over every adapted layer and returns what it
+        returns. CoDyRA: the proximal step on every gate with k = `threshold_at(iteration, total)`,
+        returning ``{"k": k}`` (None: no prox this step). LoRA, MoRAM: no-op, {}.
         """
         if self.current_task is None:
             raise LifecycleError("after_optimizer_step() with no active task; call begin_task(name) first")
         if not 1 <= iteration <= total_iterations:
             raise ValueError(f"iteration={iteration} must be in [1, total_iterations={total_iterations}]")
-        if not isinstance(self.config, CoDyRAConfig):
-            return {}
-        cfg = self.config
-        k = threshold_at(iteration, total_iterations, cfg.dense_fraction, cfg.k_max, cfg.ramp_steps)
-        if k is not None:
-            for layer in self.adapter_layers().values():
-                layer.prox_step(k, cfg.prox)
-        return {"k": k}
+        layers = list(self.adapter_layers().values())
+        return self.layer_class.model_step(layers, self.config, iteration, total_iterations)
 
-    def set_inference_options(
-        self, *, top_k: Any = _UNSET, tau: Any = _UNSET, delta: Any = _UNSET
-    ) -> None:
-        """Change MoRAM's routing on a trained or loaded model, e.g. to sweep ``delta`` at evaluation.
+    def extra_loss(self) -> torch.Tensor | None:
+        """The sum of every layer's `AdapterLayer.extra_loss` (a regulariser added to the task loss),
+        or None when no layer adds one (LoRA, CoDyRA, MoRAM)."""
+        total = None
+        for layer in self.adapter_layers().values():
+            loss = layer.extra_loss()
+            if loss is not None:
+                total = loss if total is None else total + loss
+        return total
 
-        ``top_k`` (int >= 1, or None = r), ``tau`` (> 0) and ``delta`` (in [-1, 1]; <= 0 switches pruning
-        off) replace the config's values in every MoRAM layer and in ``self.config`` (so a later
-        ``save_pretrained`` stores them). Invalid values raise ConfigError and change nothing; other
-        methods raise ConfigError. The official inference scripts set the same three
-        (TRACE/inference/infer_part.py: --moram_topk, --moram_router_temp, --moram_infer_lora_a_thresh).
+    @property
+    def needs_task_inputs(self) -> bool:
+        """Whether the method wants a feature-collection pass (`collecting_task_inputs`) over each
+        task's training inputs before `begin_task`."""
+        return self.layer_class.needs_task_inputs
+
+    @property
+    def needs_task_inputs_at_end(self) -> bool:
+        """Whether the method wants such a pass once more just before `end_task`."""
+        return self.layer_class.needs_task_inputs_at_end
+
+    @contextmanager
+    def collecting_task_inputs(self) -> Iterator[None]:
+        """Inside, every forward hands each adapted layer its input x (detached) through
+        `AdapterLayer.collect_task_inputs` before computing its output. The caller runs the task's
+        training inputs through the model (no_grad, eval mode) inside: before `begin_task` when
+        `needs_task_inputs`, before `end_task` when `needs_task_inputs_at_end`."""
+        self._check_usable()
+
+        def hand_over(layer: nn.Module, args: tuple, kwargs: dict) -> None:
+            layer.collect_task_inputs((args[0] if args else next(iter(kwargs.values()))).detach())
+
+        handles = [
+            layer.register_forward_pre_hook(hand_over, with_kwargs=True) for layer in self.adapter_layers().values()
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def set_inference_options(self, **options: Any) -> None:
+        """Change the method's `AdapterConfig.inference_options` on a trained or loaded model, e.g. to
+        sweep MoRAM's ``delta`` at evaluation.
+
+        MoRAM: ``top_k`` (int >= 1, or None = r), ``tau`` (> 0) and ``delta`` (in [-1, 1]; <= 0 switches
+        pruning off), as the official inference scripts set them (TRACE/inference/infer_part.py:
+        --moram_topk, --moram_router_temp, --moram_infer_lora_a_thresh). The values replace the config's
+        in ``self.config`` (so a later ``save_pretrained`` stores them) and reach every layer through
+        `AdapterLayer.apply_inference_options`. Invalid values, or an option this method does not have,
+        raise ConfigError and change nothing.
         """
-        changes = {k: v for k, v in (("top_k", top_k), ("tau", tau), ("delta", delta)) if v is not _UNSET}
-        if not isinstance(self.config, MoRAMConfig):
-            name = next(iter(changes), "top_k")
+        allowed = type(self.config).inference_options
+        if not allowed or not set(options) <= set(allowed):
+            name = next((k for k in options if k not in allowed), "inference_options")
+            owners = [f"{m} ({', '.join(get_method(m).config.inference_options)})" for m in method_names()
+                      if get_method(m).config.inference_options]  # fmt: skip
             raise ConfigError(
-                name, changes.get(name), f"an option of MoRAM models; this model uses {self.config.method!r}"
-            )
-        config = dataclasses.replace(self.config, **changes)  # __post_init__ validates
+                name, options.get(name, options),
+                f"an inference option of this model's method {self.config.method!r}: "
+                + (", ".join(allowed) if allowed else "it has none; methods with some: " + "; ".join(owners)),
+            )  # fmt: skip
+        config = dataclasses.replace(self.config, **options)  # __post_init__ validates
         self.config = config
         for layer in self.adapter_layers().values():
-            if isinstance(layer, MoRAMLinear):
-                layer.set_inference_options(config.budget, config.tau, config.delta)
+            layer.apply_inference_options(config)
 
     # -- parameters and reports -----------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -192,7 +228,7 @@ class RankwiseModel(nn.Module):
     @contextmanager
     def track_activations(self) -> Iterator[None]:
         """Count, in eval mode, how often each MoRAM atom gets non-zero weight (see rank_report)."""
-        layers = [m for m in self.adapter_layers().values() if isinstance(m, MoRAMLinear)]
+        layers = [m for m in self.adapter_layers().values() if m.records_activations]
         for layer in layers:
             layer.reset_activation_stats()
             layer.track_activations = True
@@ -206,11 +242,8 @@ class RankwiseModel(nn.Module):
     def merge_and_unload(self) -> nn.Module:
         """Fold every adapter into its base weight and return the plain model (LoRA and CoDyRA)."""
         self._check_usable()
-        if isinstance(self.config, MoRAMConfig):
-            raise RankwiseError(
-                "MoRAM cannot be merged: each token's mixture of atoms depends on the input, so no fixed weight "
-                "matrix reproduces it. Keep the adapter (save_pretrained) instead."
-            )
+        if not self.mergeable:
+            raise RankwiseError(self.layer_class.merge_refusal)
         for name, layer in self.adapter_layers().items():
             layer.merge_current()
             set_submodule(self.base_model, name, layer.base_layer)

@@ -29,6 +29,7 @@ AdamW per task) already behaves as the rankwise defaults.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ from rankwise.adapters.base import (
     meta_bool,
     meta_int_list,
 )
+from rankwise.adapters.moram_kernels import _coef_grad, _TopKValues  # noqa: F401 (older import path)
 from rankwise.errors import ConfigError
 
 COMPAT_MODES = ("rankwise", "official_trace")
@@ -58,6 +60,9 @@ class MoRAMConfig(AdapterConfig):
     """MoRAM defaults are the CLIP ones (r = 16, tau = 0.01); LLMs use r = 8, lora_alpha = 16, tau = 0.03."""
 
     method = "moram"
+    inference_options = ("top_k", "tau", "delta")
+    #: each task adds r atoms to a frozen bank kept for the rest of the run (memory estimates count it)
+    bank_grows_per_task = True
 
     top_k: int | None = field(
         default=None,
@@ -129,50 +134,6 @@ class MoRAMConfig(AdapterConfig):
         return max(self.r if self.top_k is None else self.top_k, 2)
 
 
-def _coef_grad(grad: torch.Tensor, values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """d out / d coef[n, j] = <grad[n], values[index[n, j]]>, without materialising values[index]."""
-    n, k = index.shape
-    try:
-        offsets = torch.arange(0, n * k, k, device=index.device)
-        offset2bag = torch.arange(n, device=index.device).repeat_interleave(k)
-        flat = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-            grad, values, index.reshape(-1), offsets, offset2bag, 0
-        )
-        return flat.view(n, k)
-    except (AttributeError, RuntimeError):  # pragma: no cover - private op missing: dense fallback
-        return (grad @ values.t()).gather(1, index)
-
-
-class _TopKValues(torch.autograd.Function):
-    """out[n] = sum_j coef[n, j] * values[index[n, j]], values = [bank_BT; live_BT] (R, d_out).
-
-    The backward returns the gradient of the r live rows only (one (r, N) x (N, d_out) matmul), not
-    of all R rows as embedding_bag's own backward does, and never differentiates the frozen bank.
-    """
-
-    @staticmethod
-    def forward(ctx, index, coef, bank_BT, live_BT):  # type: ignore[override]
-        if live_BT is None:
-            values = bank_BT
-        else:
-            values = torch.cat([bank_BT, live_BT]) if bank_BT.shape[0] else live_BT.contiguous()
-        ctx.save_for_backward(index, coef, values)
-        ctx.bank = bank_BT.shape[0]
-        return F.embedding_bag(index, values, per_sample_weights=coef, mode="sum")
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        index, coef, values = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_coef = _coef_grad(grad, values, index) if ctx.needs_input_grad[1] else None
-        grad_live = None
-        if ctx.needs_input_grad[3]:
-            dense = torch.zeros(index.shape[0], values.shape[0], dtype=coef.dtype, device=coef.device)
-            live = dense.scatter_(1, index, coef)[:, ctx.bank :]
-            grad_live = live.t() @ grad
-        return None, grad_coef, None, grad_live
-
-
 class MoRAMLinear(AdapterLayer):
     """Base linear plus a bank of rank-1 atoms routed by their own normalised key responses.
 
@@ -183,6 +144,12 @@ class MoRAMLinear(AdapterLayer):
     budget covers the whole bank (k = R) it is one dense matmul. The outputs equal the dense formula.
     """
 
+    mergeable = False
+    merge_refusal = (
+        "MoRAM cannot be merged: each token's mixture of atoms depends on the input, so no fixed weight "
+        "matrix reproduces it. Keep the adapter (save_pretrained) instead."
+    )
+    records_activations = True
     #: state that only counts activations and never changes an output; prompt-feature caches ignore it
     statistics_state = ("atom_hits", "tokens_seen", "track_activations")
 
@@ -220,6 +187,9 @@ class MoRAMLinear(AdapterLayer):
 
     def has_delta(self) -> bool:
         return self.num_atoms > 0
+
+    def apply_inference_options(self, config: MoRAMConfig) -> None:
+        self.set_inference_options(config.budget, config.tau, config.delta)
 
     def set_inference_options(self, budget: int, tau: float, delta: float) -> None:
         """Set the routing options (validated by `RankwiseModel.set_inference_options`)."""
@@ -312,6 +282,13 @@ class MoRAMLinear(AdapterLayer):
     def reset_activation_stats(self) -> None:
         self.atom_hits = torch.zeros(self.num_atoms, dtype=torch.float64, device=self.bank_A.device)
         self.tokens_seen = 0
+
+    def combine_activation_stats(self, sum_over_processes: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """After a sharded evaluation: hits and tokens seen become their sums over processes
+        (``sum_over_processes(t)`` returns the elementwise sum of every process's `t`)."""
+        self.atom_hits = sum_over_processes(self.atom_hits.detach().clone())
+        seen = torch.tensor([float(self.tokens_seen)], dtype=torch.float64, device=self.atom_hits.device)
+        self.tokens_seen = int(sum_over_processes(seen).item())
 
     def begin_task(self) -> None:
         """Draw this task's r atoms (A kaiming, B = 0), or train the ones drawn at the last end_task."""

@@ -183,10 +183,17 @@ def _run_task(run: RunState, parts: Parts, tasks: list[Task], index: int, start_
     bar.close()
     if keep:
         run.kept_optimizer = optimizer.state_dict()
+    _end_task(run, parts, tasks, index, keep)
+
+
+def _end_task(run: RunState, parts: Parts, tasks: list[Task], index: int, keep: bool) -> None:
+    """End task `index` (the method's end_task), save its checkpoint, evaluate every task, commit."""
+    task, strategy = tasks[index], parts.strategy
     strategy.end_task(parts.model, parts.dist)
     ddp.check_in_sync(parts.model, parts.dist, f"after task {index + 1} ({task.name!r})")
     if parts.dist.is_main:
-        save_task_checkpoint(checkpoint_dir(run.run_dir, index, task), run.config.method.name, parts.model)
+        directory = checkpoint_dir(run.run_dir, index, task)
+        ckpt.write_dir_atomically(directory, lambda tmp: strategy.save(tmp, parts.model))
     row, report = strategy.evaluate(
         parts.model, parts.dist, lambda: _evaluate(run, parts, tasks, f"after {task.name}")
     )

@@ -136,12 +136,6 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def _device_of(tensors: Iterable[torch.Tensor]) -> torch.device:
-    for t in tensors:
-        return t.device
-    return torch.device("cpu")
-
-
 def average_gradients(params: Sequence[torch.nn.Parameter], ctx: DistContext) -> None:
     """Replace every grad by its mean over ranks (flat buckets per dtype; None counts as zeros)."""
     if not ctx.enabled:
@@ -241,16 +235,17 @@ def check_in_sync(model: torch.nn.Module, ctx: DistContext, where: str) -> None:
 
 
 def reduce_activation_stats(model: torch.nn.Module, ctx: DistContext) -> None:
-    """Sum MoRAM's per-atom hit counts and token counts over ranks after a sharded evaluation."""
+    """Sum activation statistics (MoRAM's per-atom hit and token counts) over ranks after a sharded
+    evaluation: every layer that keeps such counts combines them itself (``combine_activation_stats``)."""
     if not ctx.enabled:
         return
     import torch.distributed as dist
 
-    layers = [m for m in model.modules() if hasattr(m, "atom_hits") and hasattr(m, "tokens_seen")]
-    for layer in layers:
-        hits = layer.atom_hits.detach().clone()
-        dist.all_reduce(hits, op=dist.ReduceOp.SUM)
-        layer.atom_hits = hits
-        seen = torch.tensor([float(layer.tokens_seen)], dtype=torch.float64, device=hits.device)
-        dist.all_reduce(seen, op=dist.ReduceOp.SUM)
-        layer.tokens_seen = int(seen.item())
+    def total(t: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    for layer in model.modules():
+        combine = getattr(layer, "combine_activation_stats", None)
+        if combine is not None:
+            combine(total)

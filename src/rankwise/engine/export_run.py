@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from rankwise import io
-from rankwise.config import ADAPTER_METHODS
+from rankwise.adapters import get_method, load_model, method_names
 from rankwise.engine import checkpoint as ckpt
 from rankwise.engine.rundir import load_run_config
 from rankwise.errors import CheckpointError, ConfigError, RankwiseError, choices
@@ -95,12 +95,10 @@ def push_folder(folder: Path, repo: str) -> str:
 
 def _load(config: Any, checkpoint: Path) -> tuple[Any, torch.nn.Module]:
     """(backbone, model after the checkpoint's task): a RankwiseModel, or the plain model of a ``full`` run."""
-    import rankwise
-
     backbone = BACKBONES[config.backbone.name].load_factory()(config.backbone.config, torch.device("cpu"))
     ckpt.verify_dir(checkpoint)
-    if config.method.name in ADAPTER_METHODS:
-        return backbone, rankwise.load_model(backbone.model, checkpoint)
+    if config.method.name in method_names():
+        return backbone, load_model(backbone.model, checkpoint)
     state = io.load_tensors(checkpoint / "model.safetensors")
     differ = set(backbone.model.state_dict()) ^ set(state)
     if differ:
@@ -144,10 +142,10 @@ def export_run(
     check_push_target(push_to_hub)
     config = load_run_config(run_dir)
     method = config.method.name
-    if method not in ADAPTER_METHODS and not (method == "full" and to == "merged"):
+    if method not in method_names() and not (method == "full" and to == "merged"):
         raise ConfigError("--to", to, f"'merged' for a {method!r} run (only adapter runs export adapters)"
                           if method == "full" else f"an export of a trained run; a {method!r} run trained nothing")
-    if method == "moram" and to in ("peft", "merged"):
+    if method in method_names() and not get_method(method).layer.mergeable and to in ("peft", "merged"):
         raise ConfigError("--to", to, "'rankwise' for a MoRAM run: its routed mixture of atoms is no fixed weight "
                           "delta, so it cannot become a peft LoRA or be merged")  # fmt: skip
     index, checkpoint = _checkpoint(run_dir, task)

@@ -86,7 +86,8 @@ def check_adapter_memory(model: nn.Module, adapter_config: Any, num_tasks: int, 
     widths = adapter_widths(model, adapter_config)
     first = next(model.parameters(), None)
     element = first.element_size() if first is not None else 4
-    copies = 4 + (max(num_tasks, 1) - 1 if adapter_config.method == "moram" else 0)
+    grows = getattr(type(adapter_config), "bank_grows_per_task", False)  # MoRAM keeps every task's atoms
+    copies = 4 + (max(num_tasks, 1) - 1 if grows else 0)
     need = element * adapter_config.r * widths * copies
     avail, where = available_bytes(device)
     if need > avail:

@@ -20,7 +20,7 @@ import torch
 
 from rankwise import io
 from rankwise.adapters import get_model, load_model
-from rankwise.config import RunConfig, resolve_method
+from rankwise.config import RunConfig
 from rankwise.engine import checkpoint as ckpt
 from rankwise.engine import distributed as ddp
 from rankwise.engine import memory
@@ -108,7 +108,8 @@ class AdapterMethod(RunStrategy):
     """An adapter method: the adapters are injected (or restored) and only their tensors train."""
 
     def resolve(self, config: RunConfig, backbone: Any) -> None:
-        resolve_method(config.method, backbone.default_target_preset)
+        # the one place the backbone's default target preset is filled in (config.py leaves it open)
+        config.method.config = config.method.config.with_default_preset(backbone.default_target_preset)
 
     def attach(self, parts: Parts, config: RunConfig, restore_from: Path | None) -> None:
         adapter_config = config.method.config

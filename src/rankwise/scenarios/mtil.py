@@ -146,7 +146,7 @@ class MTILConfig:
     root: str = field(
         default="", metadata={"help": "folder holding the datasets (see `rankwise data check`)"}
     )
-    order: str = field(default="I", metadata={"help": "task order: I or II (METHODS.md)"})
+    order: str = field(default="I", metadata={"help": "task order: I or II (docs/methods.md)"})
     datasets: list[str] | None = field(
         default=None, metadata={"help": "subset of the order's datasets to keep (order kept); null = all"}
     )

@@ -23,7 +23,7 @@ turns them into prompt names (``mtil_names``) and returns ``(class_names, train,
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +69,22 @@ def _pairs(files: list[Any], labels: list[int]) -> Samples:
 # --- torchvision convention -----------------------------------------------------------------
 
 
-def _tv_aircraft(root: Path, seed: int) -> Loaded:
-    tr, te = (_tv("FGVCAircraft")(root, split=s, download=False) for s in ("train", "test"))
-    return (
-        list(tr.classes),
-        _pairs(tr._image_files, tr._labels),
-        _pairs(te._image_files, te._labels),
-    )
+def _tv_train_test(name: str, class_names: Sequence[str] | None = None) -> Callable[[Path, int], Loaded]:
+    """A torchvision set with ``split="train" | "test"`` and ``_image_files`` / ``_labels`` lists; class
+    names from the set's ``classes`` unless given."""
+
+    def load(root: Path, seed: int) -> Loaded:
+        tr, te = (_tv(name)(root, split=s, download=False) for s in ("train", "test"))
+        names = list(tr.classes) if class_names is None else list(class_names)
+        return names, _pairs(tr._image_files, tr._labels), _pairs(te._image_files, te._labels)
+
+    return load
+
+
+_tv_aircraft = _tv_train_test("FGVCAircraft")
+_tv_dtd = _tv_train_test("DTD")
+_tv_flowers = _tv_train_test("Flowers102", FLOWERS_NAMES)
+_tv_food = _tv_train_test("Food101")
 
 
 def _tv_caltech(root: Path, seed: int) -> Loaded:
@@ -90,32 +99,9 @@ def _tv_cifar100(root: Path, seed: int) -> Loaded:
     return list(tr.classes), list(zip(tr.data, tr.targets)), list(zip(te.data, te.targets))
 
 
-def _tv_dtd(root: Path, seed: int) -> Loaded:
-    tr, te = (_tv("DTD")(root, split=s, download=False) for s in ("train", "test"))
-    return (
-        list(tr.classes),
-        _pairs(tr._image_files, tr._labels),
-        _pairs(te._image_files, te._labels),
-    )
-
-
 def _tv_eurosat(root: Path, seed: int) -> Loaded:
     ds = _tv("EuroSAT")(root, download=False)
     return (list(ds.classes), *seeded_split([(str(p), y) for p, y in ds.samples], seed))
-
-
-def _tv_flowers(root: Path, seed: int) -> Loaded:
-    tr, te = (_tv("Flowers102")(root, split=s, download=False) for s in ("train", "test"))
-    return list(FLOWERS_NAMES), _pairs(tr._image_files, tr._labels), _pairs(te._image_files, te._labels)
-
-
-def _tv_food(root: Path, seed: int) -> Loaded:
-    tr, te = (_tv("Food101")(root, split=s, download=False) for s in ("train", "test"))
-    return (
-        list(tr.classes),
-        _pairs(tr._image_files, tr._labels),
-        _pairs(te._image_files, te._labels),
-    )
 
 
 def _tv_mnist(root: Path, seed: int) -> Loaded:

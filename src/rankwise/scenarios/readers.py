@@ -99,6 +99,7 @@ TASKS: dict[str, TextTaskSpec] = {
 }
 # fmt: on
 
+
 def resolve_root(root: str | os.PathLike[str] | None) -> Path:
     """The ``text/`` folder, by the documented resolution order; a clear error when none exists."""
     tried: list[str] = []

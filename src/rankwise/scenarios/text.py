@@ -2,7 +2,8 @@
 
 Each task is classified CLIP-style: one natural-language class name per label word, slotted into
 task-specific prompt templates. Three on-disk formats are read (see ``shared/data/README.md``):
-O-LoRA ``cl_benchmark`` JSON, SentEval-style line files, and TRACE prompt/answer JSON (FOMC).
+O-LoRA ``cl_benchmark`` JSON, SentEval-style line files, and TRACE prompt/answer JSON (FOMC); the
+task table and the readers live in `rankwise.scenarios.readers`, shared with TRACE.
 
 Data root, first match wins: ``TextMTILConfig.root``; the environment variable ``RANKWISE_DATA``;
 ``./shared/data`` then ``../shared/data`` relative to the working directory. The root is the folder
@@ -18,14 +19,26 @@ seed scores the same items; ``shots`` picks N train items per class with the run
 
 from __future__ import annotations
 
-import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rankwise import io
-from rankwise.errors import ConfigError, DataError, choices, short_repr
+from rankwise.errors import ConfigError, DataError, choices
+from rankwise.scenarios.readers import (  # the readers' public names stay importable from here
+    FOMC_MARKERS as FOMC_MARKERS,
+)
+from rankwise.scenarios.readers import (
+    TASKS,
+    Pairs,
+    load_splits,
+    resolve_root,
+)
+from rankwise.scenarios.readers import TextTaskSpec as TextTaskSpec
+from rankwise.scenarios.readers import load_cl_benchmark as load_cl_benchmark
+from rankwise.scenarios.readers import load_fomc as load_fomc
+from rankwise.scenarios.readers import load_lines as load_lines
+from rankwise.scenarios.readers import load_trec as load_trec
 from rankwise.tasks import ClassificationExample, Task
 
 #: topics, sentiment, question type, entity type, subjectivity, finance, opinion; the two

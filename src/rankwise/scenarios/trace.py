@@ -44,6 +44,7 @@ from typing import Any
 
 from rankwise import io
 from rankwise.errors import ConfigError, DataError, choices
+from rankwise.scenarios.readers import TASKS, load_cl_benchmark, load_trec, resolve_root
 from rankwise.tasks import GenerationExample, Task
 
 SOURCES = ("folder", "shared-text")
@@ -288,8 +289,6 @@ def _load_folder_task(root: Path, task: str, config: TraceConfig) -> tuple[dict[
 
 # ---------------------------------------------------------------------------- shared-text source
 def _load_shared_text_task(task: str, config: TraceConfig) -> tuple[dict[str, list], dict[str, Any]]:
-    from rankwise.scenarios.text import TASKS, load_cl_benchmark, load_trec, resolve_root
-
     text_root = resolve_root(config.root)
     if task == "fomc":
         splits, info = _load_folder_task(text_root / "trace", "FOMC", config)

@@ -119,3 +119,49 @@ def test_plugins_load_lazily_on_first_registry_read(tmp_path: Path, fresh_plugin
     assert "lazy" in registry.SCENARIOS  # the first read loads every plugin
     assert "lazy_mod" in sys.modules
     sys.modules.pop("lazy_mod")
+
+
+METHOD_MODULE = """
+from dataclasses import dataclass
+from rankwise.adapters import LoRAConfig, LoRALinear, Method
+
+@dataclass
+class PlugConfig(LoRAConfig):
+    method = "plug-lora"
+
+METHOD = Method("plug-lora", PlugConfig, LoRALinear)
+WRONG = Method("other-name", PlugConfig, LoRALinear)
+"""
+
+
+@pytest.fixture()
+def fresh_methods():
+    plugins.reset_methods()
+    yield
+    plugins.reset_methods()
+
+
+def test_method_plugin_is_a_method_everywhere_and_broken_ones_warn(
+    tmp_path: Path, fresh_methods, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from rankwise.adapters.methods import get_method
+    from rankwise.config import config_from_dict
+
+    fake_dist(tmp_path, "plug_pkg", "[rankwise.methods]\nplug-lora = plug_method_mod:METHOD\n",
+              {"plug_method_mod": METHOD_MODULE})  # fmt: skip
+    fake_dist(tmp_path, "misnamed_pkg", "[rankwise.methods]\nmisnamed = plug_method_mod:WRONG\n")
+    fake_dist(tmp_path, "nomethod_pkg", "[rankwise.methods]\nnomethod = no_such_module_xyz:METHOD\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["list"]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("rankwise: warning:")]
+    assert len(warnings) == 2, captured.err
+    assert any("'misnamed'" in w and "must share one name" in w for w in warnings)
+    assert any("'nomethod'" in w and "ModuleNotFoundError" in w for w in warnings)
+    assert "plug-lora" in captured.out
+    entry = get_method("plug-lora")
+    assert entry.config.__name__ == "PlugConfig"
+    config = config_from_dict(
+        {"name": "p", "method": {"name": "plug-lora", "r": 2}, "backbone": {"name": "toy"}, "scenario": {"name": "synthetic"}}
+    )
+    assert config.method.name == "plug-lora" and config.method.config.r == 2

@@ -1,4 +1,4 @@
-"""Scenarios and backbones from other packages, found through Python entry points.
+"""Scenarios, backbones and adapter methods from other packages, found through Python entry points.
 
 A package extends rankwise, with no fork, by declaring in its ``pyproject.toml``::
 
@@ -7,6 +7,9 @@ A package extends rankwise, with no fork, by declaring in its ``pyproject.toml``
 
     [project.entry-points."rankwise.backbones"]
     bag-of-words = "my_package:BAG_OF_WORDS"
+
+    [project.entry-points."rankwise.methods"]
+    my-lora = "my_package.method:METHOD"        # a rankwise.adapters.Method("my-lora", Config, Layer)
 
 where ``TINY_WORDS = Entry("tiny-words", "my_package.scenario:Config", "my_package.scenario:build", "...")``
 follows the registry's contract (a config ``@dataclass`` and a factory; see `rankwise.registry`). Once
@@ -27,10 +30,12 @@ import sys
 from importlib import metadata
 from typing import Any
 
-GROUPS = {"scenarios": "rankwise.scenarios", "backbones": "rankwise.backbones"}
+GROUPS = {"scenarios": "rankwise.scenarios", "backbones": "rankwise.backbones", "methods": "rankwise.methods"}
 
 _loaded = False
 _loading = False
+_methods_loaded = False
+_methods_loading = False
 
 
 def warn(message: str) -> None:
@@ -105,3 +110,51 @@ def reset() -> None:
         for name in [n for n in dict.keys(table) if n not in names]:
             dict.__delitem__(table, name)
     _loaded = False
+
+
+def load_method_plugins() -> None:
+    """Register the adapter methods of installed plugins in the method table, once per process.
+
+    An entry point of group ``rankwise.methods`` names a `rankwise.adapters.Method` of the same name;
+    it is registered with `register_method` (the same checks as a built-in line). Called lazily the
+    first time the table is read (`rankwise.adapters.methods.get_method` / `method_names`).
+    """
+    global _methods_loaded, _methods_loading
+    if _methods_loaded or _methods_loading:
+        return
+    _methods_loading = True
+    try:
+        from rankwise.adapters.methods import Method, register_method
+        from rankwise.errors import ConfigError
+
+        for ep in metadata.entry_points(group=GROUPS["methods"]):
+            try:
+                obj = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any broken plugin must not break the CLI
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                warn(f"{_describe(ep)} failed to load ({type(exc).__name__}: {text[:200]}); skipped")
+                continue
+            if not isinstance(obj, Method):
+                warn(f"{_describe(ep)}: expected a rankwise.adapters.Method, found {type(obj).__name__}; skipped")
+                continue
+            if obj.name != ep.name:
+                warn(f"{_describe(ep)}: its Method is named {obj.name!r}; the entry point and the Method "
+                     "must share one name; skipped")  # fmt: skip
+                continue
+            try:
+                register_method(obj.name, obj.config, obj.layer)
+            except ConfigError as exc:
+                warn(f"{_describe(ep)}: {exc}; skipped")
+        _methods_loaded = True
+    finally:
+        _methods_loading = False
+
+
+def reset_methods() -> None:
+    """Forget loaded method plugins (tests): drop every non-built-in entry of the method table."""
+    global _methods_loaded
+    from rankwise.adapters import methods
+
+    for name in [n for n in methods._TABLE if n not in methods.BUILTIN_METHODS]:
+        del methods._TABLE[name]
+    _methods_loaded = False

@@ -110,6 +110,17 @@ def test_register_method_refuses_bad_entries(penalty_method):
         register_method("penalty-lora", PenaltyConfig, nn.Linear)
     with pytest.raises(ConfigError, match="subclass of rankwise.adapters.AdapterConfig"):
         register_method("penalty-lora", dict, PenaltyLinear)
+    for ref, why in (("no_such_module_xyz:C", "ModuleNotFoundError"), ("rankwise.adapters.lora:Nope", "AttributeError"),
+                     ("rankwise.adapters.lora", "a class or a 'package.module:Class'")):  # fmt: skip
+        with pytest.raises(ConfigError, match=f"penalty-lora.config=.*{why}"):
+            register_method("penalty-lora", ref, PenaltyLinear)
+
+
+def test_the_table_takes_module_class_references(monkeypatch):
+    monkeypatch.setattr(methods, "_TABLE", dict(methods._TABLE))
+    entry = register_method("penalty-lora", f"{__name__}:PenaltyConfig", f"{__name__}:PenaltyLinear")
+    assert (entry.config, entry.layer) == (PenaltyConfig, PenaltyLinear)
+    assert register_method("penalty-lora", PenaltyConfig, PenaltyLinear) == entry  # the same classes
 
 
 def test_unregistered_config_is_refused_before_the_model_is_touched():

@@ -5,23 +5,23 @@ wraps a targeted nn.Linear), `adapter_config_from_dict` / `load_model` (which co
 names), the run config (``method.name`` and its typed fields), ``rankwise list`` and
 ``rankwise config show``. A method is one file, ``adapters/<method>.py`` with its config (a subclass
 of `AdapterConfig` whose ``method`` class attribute is its name) and its layer (a subclass of
-`AdapterLayer` carrying its lifecycle hooks), plus one `register_method` line below (docs/CONTRACT.md,
-"Adding a method"). Code outside rankwise can call `register_method` itself; the name then works in
-every process that has imported that code first.
+`AdapterLayer` carrying its lifecycle hooks), plus one `register_method` line at the end of this file,
+naming both classes as ``"module:Class"`` (imported when the table is built; docs/CONTRACT.md, "Adding
+a method"). Code outside rankwise can call `register_method` itself, with classes or such references;
+the name then works in every process that has run that code first.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from rankwise.adapters.base import AdapterConfig, AdapterLayer
-from rankwise.adapters.codyra import CoDyRAConfig, CoDyRALinear
-from rankwise.adapters.lora import LoRAConfig, LoRALinear
-from rankwise.adapters.moram import MoRAMConfig, MoRAMLinear
 from rankwise.errors import ConfigError, choices
+from rankwise.plugins import load_method_plugins
 
 #: ``method.name`` values of the run kinds that have no adapter (the engine's); never a method name
 RESERVED_NAMES = ("zero-shot", "full")
@@ -46,17 +46,35 @@ class Method:
 _TABLE: dict[str, Method] = {}
 
 
-def register_method(name: str, config_cls: type[AdapterConfig], layer_cls: type[AdapterLayer]) -> Method:
+def _load(ref: object, field: str) -> object:
+    """A class given as itself or as ``"package.module:Class"`` (imported here)."""
+    if not isinstance(ref, str):
+        return ref
+    module, sep, attr = ref.partition(":")
+    if not sep or not module or not attr:
+        raise ConfigError(field, ref, "a class or a 'package.module:Class' reference")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(field, ref, f"an importable class ({type(exc).__name__}: {exc})") from exc
+
+
+def register_method(
+    name: str, config_cls: type[AdapterConfig] | str, layer_cls: type[AdapterLayer] | str
+) -> Method:
     """Add method `name` to the table; registering the same classes again is a no-op.
 
+    `config_cls` and `layer_cls` are classes or ``"package.module:Class"`` references, imported now.
     `config_cls.method` must equal `name` (a saved adapter folder names its method through it). A
-    name taken by other classes, a reserved name (``zero-shot``, ``full``) or a class of the wrong
-    kind raises ConfigError naming the problem.
+    name taken by other classes, a reserved name (``zero-shot``, ``full``), a reference that does
+    not import or a class of the wrong kind raises ConfigError naming the problem.
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name in RESERVED_NAMES:
         raise ConfigError(
             "method", name, "a lower-case name ([a-z][a-z0-9_-]*) other than " + choices(RESERVED_NAMES)
         )
+    config_cls = _load(config_cls, f"{name}.config")
+    layer_cls = _load(layer_cls, f"{name}.layer")
     if not (isinstance(config_cls, type) and issubclass(config_cls, AdapterConfig)):
         raise ConfigError(f"{name}.config", config_cls, "a subclass of rankwise.adapters.AdapterConfig")
     if not (isinstance(layer_cls, type) and issubclass(layer_cls, AdapterLayer)):
@@ -75,16 +93,23 @@ def register_method(name: str, config_cls: type[AdapterConfig], layer_cls: type[
     return entry
 
 
+def _with_plugins() -> dict[str, Method]:
+    """The table, after installed ``rankwise.methods`` entry points were registered (once per process)."""
+    load_method_plugins()
+    return _TABLE
+
+
 def method_names() -> tuple[str, ...]:
-    """Registered adapter method names, in registration order (built-ins first)."""
-    return tuple(_TABLE)
+    """Registered adapter method names, in registration order (built-ins first, then plugins)."""
+    return tuple(_with_plugins())
 
 
 def get_method(name: object, field: str = "method") -> Method:
     """The table entry of `name`; ConfigError on `field` listing the known names otherwise."""
-    if not isinstance(name, str) or name not in _TABLE:
-        raise ConfigError(field, name, "one of " + ", ".join(repr(m) for m in _TABLE))
-    return _TABLE[name]
+    table = _with_plugins()
+    if not isinstance(name, str) or name not in table:
+        raise ConfigError(field, name, "one of " + ", ".join(repr(m) for m in table))
+    return table[name]
 
 
 def method_of(config: AdapterConfig) -> Method:
@@ -122,6 +147,8 @@ CONFIG_CLASSES: Mapping[str, type[AdapterConfig]] = _View("name", "config")
 #: config class -> layer class (``rankwise.adapters.inject.LAYER_CLASSES``)
 LAYER_CLASSES: Mapping[type[AdapterConfig], type[AdapterLayer]] = _View("config", "layer")
 
-register_method("lora", LoRAConfig, LoRALinear)
-register_method("codyra", CoDyRAConfig, CoDyRALinear)
-register_method("moram", MoRAMConfig, MoRAMLinear)
+# -- the built-in methods: one line each ------------------------------------------------------------
+register_method("lora", "rankwise.adapters.lora:LoRAConfig", "rankwise.adapters.lora:LoRALinear")
+register_method("codyra", "rankwise.adapters.codyra:CoDyRAConfig", "rankwise.adapters.codyra:CoDyRALinear")
+register_method("moram", "rankwise.adapters.moram:MoRAMConfig", "rankwise.adapters.moram:MoRAMLinear")
+BUILTIN_METHODS = frozenset(_TABLE)

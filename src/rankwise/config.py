@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,15 @@ def _component(section: str, data: Any, table: dict[str, registry.Entry] | None)
         raise ConfigError(
             f"{section}.name", name, f"an installed component ({exc}); see `rankwise list`"
         ) from exc
-    return Component(name, options, build_dataclass(cls, options, section))
+    return _typed(name, cls, options, section)
+
+
+def _typed(name: str, cls: type, options: dict[str, Any], section: str) -> Component:
+    """The one typed construction of a named section (method, backbone, scenario): `build_dataclass`
+    (keys checked, every field coerced from its annotation, errors named ``section.key``); the options
+    kept are the coerced ones (``k_max: 5e-3``, a string to YAML, is 0.005 in both)."""
+    config = build_dataclass(cls, options, section)
+    return Component(name, coerce_fields(cls, options, section), config)
 
 
 def _method(name: Any, options: dict[str, Any]) -> Component:
@@ -212,10 +221,7 @@ def _method(name: Any, options: dict[str, Any]) -> Component:
                 f"no other keys: method {name!r} takes only 'name'",
             )
         return Component(name, {}, None)
-    cls = get_method(name, "method.name").config
-    # the same typed pass as every other section: `k_max: 5e-3` (a string to YAML) becomes 0.005
-    config = build_dataclass(cls, options, "method")
-    return Component(name, coerce_fields(cls, options, "method"), config)
+    return _typed(name, get_method(name, "method.name").config, options, "method")
 
 
 TOP_LEVEL = ("name", "seed", "device", "threads", "method", "backbone", "scenario", "train", "eval", "output")
@@ -280,16 +286,17 @@ def config_from_dict(data: Any) -> RunConfig:
     for key in ("name", "method", "backbone", "scenario"):
         if key not in data:
             raise ConfigError(key, None, "a value (this key is required)")
-    name = _coerce(data["name"], str, "name")
+    types_ = typing.get_type_hints(RunConfig)  # the top-level keys are typed by RunConfig's fields too
+    name = _coerce(data["name"], types_["name"], "name")
     if not name or "/" in name:
         raise ConfigError("name", name, "a non-empty run name without '/'")
-    seed = _coerce(data.get("seed", 0), int, "seed")
+    seed = _coerce(data.get("seed", 0), types_["seed"], "seed")
     if not 0 <= seed < 2**63:  # torch, numpy and derived seeds need it to fit a signed 64-bit integer
         raise ConfigError("seed", seed, "an integer in [0, 2**63 - 1]")
-    device = _coerce(data.get("device", "auto"), str, "device")
+    device = _coerce(data.get("device", "auto"), types_["device"], "device")
     if device not in ("auto", "cpu", "cuda", "mps") and not device.startswith("cuda:"):
         raise ConfigError("device", device, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
-    threads = _coerce(data.get("threads"), int | None, "threads")
+    threads = _coerce(data.get("threads"), types_["threads"], "threads")
     if threads is not None and threads < 1:
         raise ConfigError("threads", threads, "a positive integer or null (torch's default)")
     return RunConfig(

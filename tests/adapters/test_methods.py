@@ -63,12 +63,15 @@ def penalty_method(monkeypatch):
 
 
 def test_builtin_table_and_older_names_read_it():
-    assert method_names() == ("lora", "codyra", "moram")
-    assert dict(model.CONFIG_CLASSES) == {"lora": LoRAConfig, "codyra": CoDyRAConfig, "moram": MoRAMConfig}
-    assert [c.__name__ for c in inject.LAYER_CLASSES.values()] == ["LoRALinear", "CoDyRALinear", "MoRAMLinear"]
-    assert run_config.ADAPTER_METHODS == ("lora", "codyra", "moram")
-    assert run_config.METHODS == ("zero-shot", "full", "lora", "codyra", "moram")
-    assert [methods.get_method(m).layer.mergeable for m in method_names()] == [True, True, False]
+    # the first three built-ins; later methods (olora, inflora, ...) are checked by their own tests
+    assert method_names()[:3] == ("lora", "codyra", "moram")
+    assert dict(list(model.CONFIG_CLASSES.items())[:3]) == {
+        "lora": LoRAConfig, "codyra": CoDyRAConfig, "moram": MoRAMConfig
+    }
+    assert [c.__name__ for c in inject.LAYER_CLASSES.values()][:3] == ["LoRALinear", "CoDyRALinear", "MoRAMLinear"]
+    assert run_config.ADAPTER_METHODS == method_names()
+    assert run_config.METHODS == ("zero-shot", "full", *method_names())
+    assert [methods.get_method(m).layer.mergeable for m in method_names()][:3] == [True, True, False]
 
 
 def test_a_registered_method_works_everywhere_without_other_edits(penalty_method, tmp_path):

@@ -79,10 +79,11 @@ def export_peft(
         raise LifecycleError(
             f"task {model.current_task!r} is still active; call end_task() before export_peft()"
         )
-    if not model.mergeable:  # MoRAM: a routed mixture is no fixed low-rank delta
+    if not model.mergeable:  # e.g. MoRAM: a routed mixture is no fixed low-rank delta
         raise RankwiseError(
-            "MoRAM cannot be exported to peft: each token mixes its atoms by a router, which a LoRA cannot "
-            "express; keep the rankwise adapter (save_pretrained / `rankwise export --to rankwise`)"
+            f"method {model.config.method!r} cannot be exported to peft: it has no fixed low-rank delta "
+            "(its output depends on routing per token); keep the rankwise adapter "
+            "(save_pretrained / `rankwise export --to rankwise`)"
         )
     split = [n for n, m in model.base_model.named_modules() if isinstance(m, SplitMultiheadAttention)]
     factors = {n: f for n, f in stacked_factors(model).items() if f[0].shape[0] > 0}

@@ -151,4 +151,6 @@ LAYER_CLASSES: Mapping[type[AdapterConfig], type[AdapterLayer]] = _View("config"
 register_method("lora", "rankwise.adapters.lora:LoRAConfig", "rankwise.adapters.lora:LoRALinear")
 register_method("codyra", "rankwise.adapters.codyra:CoDyRAConfig", "rankwise.adapters.codyra:CoDyRALinear")
 register_method("moram", "rankwise.adapters.moram:MoRAMConfig", "rankwise.adapters.moram:MoRAMLinear")
+register_method("inflora", "rankwise.adapters.inflora:InfLoRAConfig", "rankwise.adapters.inflora:InfLoRALinear")
+register_method("olora", "rankwise.adapters.olora:OLoRAConfig", "rankwise.adapters.olora:OLoRALinear")
 BUILTIN_METHODS = frozenset(_TABLE)

@@ -227,7 +227,8 @@ class RankwiseModel(nn.Module):
 
     @contextmanager
     def track_activations(self) -> Iterator[None]:
-        """Count, in eval mode, how often each MoRAM atom gets non-zero weight (see rank_report)."""
+        """Count, in eval mode, how often the parts of every layer with `records_activations` are used
+        (MoRAM: each atom getting non-zero weight; see rank_report)."""
         layers = [m for m in self.adapter_layers().values() if m.records_activations]
         for layer in layers:
             layer.reset_activation_stats()
@@ -240,7 +241,8 @@ class RankwiseModel(nn.Module):
 
     # -- merging ---------------------------------------------------------------------------------
     def merge_and_unload(self) -> nn.Module:
-        """Fold every adapter into its base weight and return the plain model (LoRA and CoDyRA)."""
+        """Fold every adapter into its base weight and return the plain model (methods whose layer is
+        `mergeable`: LoRA, CoDyRA; the others raise RankwiseError with the layer's `merge_refusal`)."""
         self._check_usable()
         if not self.mergeable:
             raise RankwiseError(self.layer_class.merge_refusal)

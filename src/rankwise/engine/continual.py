@@ -145,6 +145,7 @@ def _evaluate(run: RunState, parts: Parts, tasks: list[Task], label: str) -> lis
 def _run_task(run: RunState, parts: Parts, tasks: list[Task], index: int, start_iter: int, saved: dict) -> None:
     """Train task `index` (from `start_iter`, restoring `saved`), end it, save it, evaluate every task."""
     cfg, task, strategy = task_train_config(run.config.train, tasks[index]), tasks[index], parts.strategy
+    strategy.collect_task_inputs(parts.model, parts.backbone, task, cfg.batch_size)  # InfLoRA designs A
     strategy.begin_task(parts.model, task.name)
     params = strategy.trainable(parts.model)
     ddp.broadcast_parameters(params.values(), parts.dist)  # same starting point on every rank

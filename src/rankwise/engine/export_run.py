@@ -146,8 +146,8 @@ def export_run(
         raise ConfigError("--to", to, f"'merged' for a {method!r} run (only adapter runs export adapters)"
                           if method == "full" else f"an export of a trained run; a {method!r} run trained nothing")
     if method in method_names() and not get_method(method).layer.mergeable and to in ("peft", "merged"):
-        raise ConfigError("--to", to, "'rankwise' for a MoRAM run: its routed mixture of atoms is no fixed weight "
-                          "delta, so it cannot become a peft LoRA or be merged")  # fmt: skip
+        raise ConfigError("--to", to, f"'rankwise' for a {method!r} run: its output is routed per token, no fixed "
+                          "weight delta, so it cannot become a peft LoRA or be merged")  # fmt: skip
     index, checkpoint = _checkpoint(run_dir, task)
     target = Path(out) if out is not None else run_dir / "export" / f"{to}_task{index}"
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:

@@ -53,6 +53,10 @@ class RunStrategy:
     def begin_task(self, model: torch.nn.Module, name: str) -> None:
         """Called before a task's optimizer is built."""
 
+    def collect_task_inputs(self, model: torch.nn.Module, backbone: Any, task: Any, batch_size: int) -> None:
+        """Called just before `begin_task`: the feature-collection pass of methods that design their
+        adapter from the task's inputs (`RankwiseModel.needs_task_inputs`, e.g. InfLoRA)."""
+
     def trainable(self, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
         """The tensors this task's optimizer updates, by name."""
         for p in model.parameters():
@@ -88,7 +92,7 @@ class RunStrategy:
         return evaluate(), None
 
     def set_inference_options(self, model: torch.nn.Module, method: str, options: dict[str, Any]) -> None:
-        raise ConfigError("--set", options, f"MoRAM inference options; this run is {method!r}")
+        raise ConfigError("--set", options, f"inference options of an adapter method; this run is {method!r}")
 
 
 class FullFineTuning(RunStrategy):
@@ -130,6 +134,25 @@ class AdapterMethod(RunStrategy):
 
     def begin_task(self, model: torch.nn.Module, name: str) -> None:
         model.begin_task(name)
+
+    def collect_task_inputs(self, model: torch.nn.Module, backbone: Any, task: Any, batch_size: int) -> None:
+        """Run the task's training inputs through the model (no_grad, eval mode) inside
+        `collecting_task_inputs`, in their stored order (the same on every process and on resume, so a
+        method that designs A from them designs the same A), `method.collect_batches` batches of
+        `batch_size` (None: all). Methods without `needs_task_inputs`: nothing runs."""
+        if not getattr(model, "needs_task_inputs", False):
+            return
+        limit = getattr(model.config, "collect_batches", None)
+        starts = range(0, len(task.train), batch_size)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), model.collecting_task_inputs():
+            for number, start in enumerate(starts):
+                if limit is not None and number >= limit:
+                    break
+                examples = [task.train[i] for i in range(start, min(start + batch_size, len(task.train)))]
+                backbone.loss(backbone.collate(examples, task, True), task)
+        model.train(was_training)
 
     def trainable(self, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
         wanted = {id(p) for p in model.trainable_parameters()}

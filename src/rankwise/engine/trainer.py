@@ -135,22 +135,31 @@ def train_task(
 ) -> None:
     """Run optimizer steps start_iteration+1 .. cfg.iterations of `task`.
 
+    The loss back-propagated (and logged) is the task loss plus `model.extra_loss()` when the model
+    has one and it is not None (a method's per-step regulariser, e.g. O-LoRA's); its value is logged
+    as ``StepLog.extra["extra_loss"]`` (this process's, averaged over micro-batches).
     `on_step` is called after every step (the engine logs, snapshots and updates progress there).
     A non-finite loss raises `NonFiniteLossError` before any parameter is updated with it.
     """
     order = DataOrder(len(task.train), cfg.batch_size, seed, task_index)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    extra_loss = getattr(model, "extra_loss", None)  # RankwiseModel's; a plain module (full) has none
     model.train()
     for it in range(start_iteration + 1, cfg.iterations + 1):
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         total_loss = 0.0
+        extra_total: float | None = None  # the method's regulariser over this step, when it adds one
         for micro in range(cfg.grad_accumulation):
             idx = shard(order.indices((it - 1) * cfg.grad_accumulation + micro), dist)
             batch = backbone.collate([task.train[i] for i in idx], task, True)
             with autocast:
                 loss = backbone.loss(batch, task)
+            extra_term = extra_loss() if extra_loss is not None else None
+            if extra_term is not None:  # the method's regulariser (O-LoRA); None adds nothing at all
+                loss = loss + extra_term
+                extra_total = (extra_total or 0.0) + float(extra_term.detach().float()) / cfg.grad_accumulation
             value = mean_scalar(float(loss.detach().float().sum()), dist, device)
             if not math.isfinite(value):
                 raise NonFiniteLossError(
@@ -167,6 +176,8 @@ def train_task(
         optimizer.step()
         scheduler.step()
         extra = (after_step(it, cfg.iterations) or {}) if after_step is not None else {}
+        if extra_total is not None:  # logged only when the method adds a term (already inside `loss`)
+            extra = {**extra, "extra_loss": extra_total}
         elapsed = max(time.perf_counter() - started, 1e-9)
         on_step(
             StepLog(it, total_loss, lr, cfg.batch_size * cfg.grad_accumulation / elapsed, grad_norm, dict(extra))

@@ -215,7 +215,7 @@ def test_moram_run_exports_only_as_rankwise(tmp_path: Path, capsys) -> None:
     for to in ("peft", "merged"):
         assert main(["export", str(run_dir), "--to", to]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and f"--to='{to}' is invalid" in err and "MoRAM" in err
+        assert err.count("\n") == 1 and f"--to='{to}' is invalid" in err and "'moram' run" in err
     assert not (run_dir / "export").exists()
     out = export(run_dir, "--to", "rankwise")
     assert json.loads((out / "adapter_config.json").read_text())["config"]["method"] == "moram"

@@ -19,6 +19,10 @@ from rankwise.errors import ConfigError, LifecycleError
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 
 
+class Crash(BaseException):
+    """Stands in for a kill: not an Exception, so nothing catches it."""
+
+
 def _model(d: int = 12, out: int = 5, **cfg) -> tuple[nn.Module, InfLoRALinear]:
     torch.manual_seed(0)
     wrapped = get_model(nn.Sequential(nn.Linear(d, out)), InfLoRAConfig(target_modules=["0"], **cfg))
@@ -151,7 +155,6 @@ def test_errors():
 
 
 def test_engine_runs_inflora_and_resume_is_exact(tmp_path, monkeypatch):
-    from test_engine_resume import Crash, _crash_on_call
     from toy_helpers import toy_dict
 
     from rankwise.config import config_from_dict
@@ -169,8 +172,16 @@ def test_engine_runs_inflora_and_resume_is_exact(tmp_path, monkeypatch):
     reference = run_experiment(config(), tmp_path / "ref", quiet=True)
     assert np.isfinite(reference.accuracy_matrix).all()
     run_dir = tmp_path / "run"
+    original, calls = ckpt.write_state, [0]
+
+    def crash_at_sixth(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 6:  # task 2's iteration-8 snapshot, not committed: resumes at 4
+            raise Crash
+        return original(*args, **kwargs)
+
     with monkeypatch.context() as patch:
-        _crash_on_call(patch, ckpt, "write_state", 6)  # task 2's iteration-8 snapshot: resumes at 4
+        patch.setattr(ckpt, "write_state", crash_at_sixth)
         with pytest.raises(Crash):
             run_experiment(config(), run_dir, quiet=True)
     assert ckpt.read_state(run_dir / "state")["iteration"] == 4

@@ -203,6 +203,14 @@ def test_engine_adds_the_term_and_resumes_exactly(tmp_path, monkeypatch):
     short = {"iterations": 10, "checkpoint_every": 5}
     on = run_experiment(_toy({"lambda_1": 0.5}, **short), tmp_path / "on", quiet=True)
     off = run_experiment(_toy({"lambda_1": 0.0}, **short), tmp_path / "off", quiet=True)
+    # with both weights 0, O-LoRA is exactly LoRA merged after each task (same init, same forward)
+    lora = _toy({"lambda_1": 0.0}, **short).to_dict()
+    lora["method"] = {"name": "lora", "r": 4, "lora_alpha": 32.0, "lora_dropout": 0.0, "merge_on_task_end": True}
+    from rankwise.config import config_from_dict
+
+    plain = run_experiment(config_from_dict(lora), tmp_path / "lora", quiet=True)
+    np.testing.assert_array_equal(plain.accuracy_matrix, off.accuracy_matrix)
+    assert _steps(tmp_path / "lora") == _steps(tmp_path / "off")
     steps_on, steps_off = _steps(tmp_path / "on"), _steps(tmp_path / "off")
     # task 1 has nothing earlier to be orthogonal to: identical; later tasks differ
     assert [s for s in steps_on if s[0] == 1] == [s for s in steps_off if s[0] == 1]

@@ -157,3 +157,14 @@ def test_engine_prox_follows_the_optimizer_step_with_the_reference_threshold():
             torch.testing.assert_close(proxed, expected, rtol=0, atol=0)
     dead = sum(int((g == 0).sum()) for g in after_prox[-1])
     assert 0 < dead < sum(g.numel() for g in gates)  # the check is not vacuous: some ranks died, not all
+
+
+def test_short_runs_keep_the_rankwise_ramp_whatever_ramp_steps_is():
+    """Below T = 100 the rankwise ramp holds even when ramp_steps would give the reference loop a
+    non-zero interval: text-mtil's CoDyRA preset (T = 30, ramp_steps 15, k_max 0.075) prunes from step
+    16 with k_max/14 and adds k_max/14 per step, as when its published row was measured."""
+    from rankwise.adapters.codyra import threshold_at
+
+    got = [threshold_at(it, 30, k_max=0.075, ramp_steps=15) for it in range(1, 31)]
+    expected = [None] * 15 + [0.075 * min(it - 15, 14) / 14 for it in range(16, 31)]
+    assert got == expected

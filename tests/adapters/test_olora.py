@@ -80,6 +80,10 @@ def test_first_task_has_no_orthogonality_term_and_zero_weights_add_nothing():
     wrapped.begin_task("t0")
     assert float(wrapped.extra_loss().detach()) == 0.0  # nothing earlier to be orthogonal to
     wrapped.end_task()
+    fresh = get_model(_net(), _cfg(lambda_2=0.5))
+    fresh.begin_task("t0")  # B = 0 at init: the unsquared norm must still give finite (zero) gradients
+    fresh.extra_loss().backward()
+    assert all(torch.isfinite(p.grad).all() for p in fresh.trainable_parameters())
     off = get_model(_net(), _cfg(lambda_1=0.0, lambda_2=0.0))
     _train_tasks(off, 2, leave_last_open=True)
     assert off.extra_loss() is None  # as for plain LoRA: the engine adds nothing at all

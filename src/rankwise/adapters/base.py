@@ -187,7 +187,8 @@ class AdapterLayer(nn.Module):
     * per layer: `begin_task`, `end_task`, `merge_current`, `adapter_state` / `check_adapter_state` /
       `load_adapter_state`, `report`, `apply_inference_options`, `extra_loss`, `collect_task_inputs`,
       `reset_activation_stats` / `combine_activation_stats`;
-    * per model, on the class: `model_step` (after every optimizer step, over all layers of the model);
+    * per model, on the class: `model_step` (after every optimizer step, over all layers of the model),
+      `step_report` (logged with each logged step);
     * class attributes: `mergeable` (merge_and_unload may fold it into W), `merge_refusal` (why not),
       `records_activations` (counts routing in eval, see `RankwiseModel.track_activations`),
       `needs_task_inputs` / `needs_task_inputs_at_end` (a feature-collection pass over the task's
@@ -277,6 +278,12 @@ class AdapterLayer(nn.Module):
     ) -> dict[str, Any]:
         """After every optimizer step (1-based `iteration` of `total_iterations` in this task), called once
         with every adapted layer of the model; returns what is logged with the step. Default: nothing, {}."""
+        return {}
+
+    @classmethod
+    def step_report(cls, layers: list[AdapterLayer]) -> dict[str, Any]:
+        """A summary over every adapted layer, logged with each logged training step (every
+        ``train.log_every``, so it may cost a device sync). Default: nothing, {}."""
         return {}
 
     def extra_loss(self) -> torch.Tensor | None:

@@ -57,6 +57,10 @@ class CoDyRAConfig(AdapterConfig):
             raise ConfigError("ramp_steps", self.ramp_steps, "an integer >= 1")
 
 
+#: from this many iterations per task on, the threshold follows the reference train loop step for step
+OFFICIAL_FROM = 100
+
+
 def ramp_interval(total_iterations: int, dense_fraction: float = 0.5, ramp_steps: int = 50) -> int:
     """Iterations between two threshold advances in the reference loop: int((T - f T) // ramp_steps).
 
@@ -94,13 +98,15 @@ def threshold_at(
 
       T = 500: no prox through step 251, k = k_max / 49 from step 252, k = k_max from step 491;
       the thresholds sum to 0.650 (the total shrink of a gate that survives).
-    * m = 0, or ramp_steps = 1 (rankwise choices; the reference never prunes there: its threshold
-      never leaves 0, and linspace(0, k_max, 1) = [0]): dense through step int(D), then k climbs
+    * T < 100 (`OFFICIAL_FROM`), m = 0, or ramp_steps = 1 (rankwise choices; with its default 50
+      ramp steps the reference never prunes below T = 100: its threshold never leaves 0, and
+      linspace(0, k_max, 1) = [0]; short runs keep rankwise's ramp whatever ramp_steps is, so the
+      published short CPU runs, e.g. text-mtil at T = 30, re-run bit for bit): dense through step int(D), then k climbs
       through linspace(0, k_max, ramp_steps) advancing every max(1, (T - int(D)) // ramp_steps) steps
       (k = k_max at once when ramp_steps = 1), so short smoke runs still prune.
     """
     interval = ramp_interval(total_iterations, dense_fraction, ramp_steps)
-    if interval >= 1 and ramp_steps >= 2:
+    if interval >= 1 and ramp_steps >= 2 and total_iterations >= OFFICIAL_FROM:
         i = iteration - 1
         dense = dense_fraction * total_iterations
         if i <= dense:
@@ -156,6 +162,12 @@ class CoDyRALinear(AdapterLayer):
             for layer in layers:
                 layer.prox_step(k, config.prox)
         return {"k": k}
+
+    @classmethod
+    def step_report(cls, layers: list[AdapterLayer]) -> dict[str, Any]:
+        """``{"surviving_ranks": sum over layers of the non-zero gates}`` of the current task (r per layer
+        while dense; the prox steps zero gates as k ramps up)."""
+        return {"surviving_ranks": sum(layer.surviving_ranks() for layer in layers)}
 
     def __init__(self, base_layer: nn.Linear, config: CoDyRAConfig) -> None:
         super().__init__(base_layer, config)

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from rankwise.config import RunConfig
+from rankwise.config import RunConfig, TrainConfig
 from rankwise.engine import checkpoint as ckpt
 from rankwise.engine import distributed as ddp
 from rankwise.engine.build import (  # noqa: F401  (build_parts, save_task_checkpoint: public API)
@@ -148,14 +149,7 @@ def _run_task(run: RunState, parts: Parts, tasks: list[Task], index: int, start_
     strategy.collect_task_inputs(parts.model, parts.backbone, task, cfg.batch_size)  # InfLoRA designs A
     strategy.begin_task(parts.model, task.name)
     params = strategy.trainable(parts.model)
-    ddp.broadcast_parameters(params.values(), parts.dist)  # same starting point on every rank
-    optimizer = make_optimizer(list(params.values()), cfg)
-    scheduler = make_scheduler(optimizer, cfg)
-    keep = strategy.keeps_optimizer(parts.model)
-    if keep and start_iter == 0 and run.kept_optimizer is not None:
-        carry_optimizer_state(optimizer, run.kept_optimizer)  # one optimizer for the run (official TRACE)
-    if start_iter > 0:
-        restore_snapshot(run, params, optimizer, scheduler, saved)
+    optimizer, scheduler, keep = _optimizer(run, parts, params, cfg, start_iter, saved)
     bar = run.progress(cfg.iterations, f"task {index + 1}/{len(tasks)} {task.name}", initial=start_iter)
     last_good = [start_iter]
 
@@ -163,6 +157,7 @@ def _run_task(run: RunState, parts: Parts, tasks: list[Task], index: int, start_
         bar.update(1)
         if log.iteration % cfg.log_every == 0 or log.iteration == cfg.iterations:
             bar.set_postfix(loss=f"{log.loss:.4f}", lr=f"{log.lr:.2e}")
+            log.extra.update(strategy.step_report(parts.model))  # CoDyRA: surviving ranks
             run.events.append(_step_event(index, task, log))
         if log.iteration % cfg.checkpoint_every == 0 and log.iteration < cfg.iterations:
             run.commit(tasks, index, log.iteration, optimizer_snapshot(params, optimizer, scheduler))
@@ -185,6 +180,23 @@ def _run_task(run: RunState, parts: Parts, tasks: list[Task], index: int, start_
     if keep:
         run.kept_optimizer = optimizer.state_dict()
     _end_task(run, parts, tasks, index, keep)
+
+
+def _optimizer(
+    run: RunState, parts: Parts, params: dict, cfg: TrainConfig, start_iter: int, saved: dict
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, bool]:
+    """The task's optimizer and scheduler over `params` (the same starting point on every rank), from
+    the previous task's optimizer state when the strategy keeps it, or from the snapshot `saved` when
+    the task resumes at `start_iter` > 0; and whether the optimizer state runs on to the next task."""
+    ddp.broadcast_parameters(params.values(), parts.dist)
+    optimizer = make_optimizer(list(params.values()), cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    keep = parts.strategy.keeps_optimizer(parts.model)
+    if keep and start_iter == 0 and run.kept_optimizer is not None:
+        carry_optimizer_state(optimizer, run.kept_optimizer)  # one optimizer for the run (official TRACE)
+    if start_iter > 0:
+        restore_snapshot(run, params, optimizer, scheduler, saved)
+    return optimizer, scheduler, keep
 
 
 def _end_task(run: RunState, parts: Parts, tasks: list[Task], index: int, keep: bool) -> None:
@@ -218,7 +230,7 @@ def _step_event(index: int, task: Task, log: StepLog) -> dict[str, Any]:
         "lr": log.lr,
         "examples_per_s": round(log.examples_per_s, 2),
         "grad_norm": log.grad_norm,
-        **log.extra,  # CoDyRA: the prox threshold k of this step (None while dense)
+        **log.extra,  # CoDyRA: the prox threshold k of this step (None while dense), surviving ranks
     }
 
 

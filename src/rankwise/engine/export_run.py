@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from rankwise import io
-from rankwise.adapters import get_method, load_model, method_names
 from rankwise.engine import checkpoint as ckpt
 from rankwise.engine.rundir import load_run_config
+from rankwise.engine.strategy import strategy_for
 from rankwise.errors import CheckpointError, ConfigError, RankwiseError, choices
 from rankwise.registry import BACKBONES
 
@@ -96,16 +96,7 @@ def push_folder(folder: Path, repo: str) -> str:
 def _load(config: Any, checkpoint: Path) -> tuple[Any, torch.nn.Module]:
     """(backbone, model after the checkpoint's task): a RankwiseModel, or the plain model of a ``full`` run."""
     backbone = BACKBONES[config.backbone.name].load_factory()(config.backbone.config, torch.device("cpu"))
-    ckpt.verify_dir(checkpoint)
-    if config.method.name in method_names():
-        return backbone, load_model(backbone.model, checkpoint)
-    state = io.load_tensors(checkpoint / "model.safetensors")
-    differ = set(backbone.model.state_dict()) ^ set(state)
-    if differ:
-        raise CheckpointError(f"{checkpoint} does not fit the model: keys differ, e.g. {sorted(differ)[:3]}")
-    ckpt.check_shapes(backbone.model.state_dict(), state, checkpoint / "model.safetensors")
-    backbone.model.load_state_dict(state)
-    return backbone, backbone.model
+    return backbone, strategy_for(config.method.name).restore(backbone.model, checkpoint, torch.device("cpu"))
 
 
 def _write_merged(backbone: Any, model: torch.nn.Module, folder: Path) -> None:
@@ -141,13 +132,7 @@ def export_run(
         raise ConfigError("--to", to, choices(FORMATS))
     check_push_target(push_to_hub)
     config = load_run_config(run_dir)
-    method = config.method.name
-    if method not in method_names() and not (method == "full" and to == "merged"):
-        raise ConfigError("--to", to, f"'merged' for a {method!r} run (only adapter runs export adapters)"
-                          if method == "full" else f"an export of a trained run; a {method!r} run trained nothing")
-    if method in method_names() and not get_method(method).layer.mergeable and to in ("peft", "merged"):
-        raise ConfigError("--to", to, f"'rankwise' for a {method!r} run: its output is routed per token, no fixed "
-                          "weight delta, so it cannot become a peft LoRA or be merged")  # fmt: skip
+    strategy_for(config.method.name).check_export(config.method.name, to)
     index, checkpoint = _checkpoint(run_dir, task)
     target = Path(out) if out is not None else run_dir / "export" / f"{to}_task{index}"
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:

@@ -6,8 +6,8 @@
                 (begin_task -> after_optimizer_step per step -> end_task) runs around each task and a
                 task checkpoint is the adapter folder (save_pretrained)
 
-The loop in continual.py calls the same hooks for every kind and never tests a method name;
-`strategy_for` is the one place that maps a ``method.name`` to its kind.
+The loop in continual.py, build.py and export_run.py call the same hooks for every kind and never
+test a method name; `strategy_for` is the one place that maps a ``method.name`` to its kind.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rankwise import io
-from rankwise.adapters import get_model, load_model
-from rankwise.config import RunConfig
+from rankwise.adapters import get_method, get_model, load_model, method_names
+from rankwise.config import RUN_KINDS, RunConfig
 from rankwise.engine import checkpoint as ckpt
 from rankwise.engine import distributed as ddp
 from rankwise.engine import memory
-from rankwise.errors import CheckpointError, ConfigError
+from rankwise.errors import CheckpointError, ConfigError, choices
 
 if TYPE_CHECKING:
     from rankwise.engine.build import Parts
@@ -40,15 +40,26 @@ class RunStrategy:
 
     def attach(self, parts: Parts, config: RunConfig, restore_from: Path | None) -> None:
         """Make `parts.model` ready for the run; `restore_from` is a finished task's checkpoint."""
-        if restore_from is None:
-            return
-        ckpt.verify_dir(restore_from)
-        state = io.load_tensors(restore_from / "model.safetensors", device=parts.device)
-        differ = set(parts.backbone.model.state_dict()) ^ set(state)
+        if restore_from is not None:
+            parts.model = self.restore(parts.backbone.model, restore_from, parts.device)
+
+    def restore(self, base: torch.nn.Module, checkpoint: Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+        """The model after a finished task, from its (verified) checkpoint folder and the backbone's
+        `base` model: here `base` itself with the saved state dict loaded (keys and shapes checked)."""
+        ckpt.verify_dir(checkpoint)
+        state = io.load_tensors(checkpoint / "model.safetensors", device=device)
+        differ = set(base.state_dict()) ^ set(state)
         if differ:
-            raise CheckpointError(f"{restore_from} does not fit the model: keys differ, e.g. {sorted(differ)[:3]}")
-        ckpt.check_shapes(parts.backbone.model.state_dict(), state, restore_from / "model.safetensors")
-        parts.backbone.model.load_state_dict(state)
+            raise CheckpointError(f"{checkpoint} does not fit the model: keys differ, e.g. {sorted(differ)[:3]}")
+        ckpt.check_shapes(base.state_dict(), state, checkpoint / "model.safetensors")
+        base.load_state_dict(state)
+        return base
+
+    def check_export(self, method: str, to: str) -> None:
+        """Refuse (ConfigError on ``--to``) a ``rankwise export`` format this run's checkpoints cannot
+        give: a whole-model run exports only its weights, ``merged``."""
+        if to != "merged":
+            raise ConfigError("--to", to, f"'merged' for a {method!r} run (only adapter runs export adapters)")
 
     def begin_task(self, model: torch.nn.Module, name: str) -> None:
         """Called before a task's optimizer is built."""
@@ -71,6 +82,10 @@ class RunStrategy:
         """Called as ``f(iteration, total)`` after every optimizer step; what it returns is logged with
         the step (``StepLog.extra``). None: nothing to call."""
         return None
+
+    def step_report(self, model: torch.nn.Module) -> dict[str, Any]:
+        """What else is logged with a logged step (only those, every ``train.log_every``): {} here."""
+        return {}
 
     def end_task(self, model: torch.nn.Module, dist: ddp.DistContext) -> None:
         """Called after a task's last step, before its checkpoint is saved."""
@@ -107,6 +122,9 @@ class ZeroShot(RunStrategy):
     def attach(self, parts: Parts, config: RunConfig, restore_from: Path | None) -> None:
         return
 
+    def check_export(self, method: str, to: str) -> None:
+        raise ConfigError("--to", to, f"an export of a trained run; a {method!r} run trained nothing")
+
 
 class AdapterMethod(RunStrategy):
     """An adapter method: the adapters are injected (or restored) and only their tensors train."""
@@ -120,8 +138,7 @@ class AdapterMethod(RunStrategy):
         memory.check_adapter_memory(parts.backbone.model, adapter_config, len(parts.tasks), parts.device)
         try:
             if restore_from is not None:
-                ckpt.verify_dir(restore_from)
-                parts.model = load_model(parts.backbone.model, restore_from)
+                parts.model = self.restore(parts.backbone.model, restore_from, parts.device)
             else:
                 parts.model = get_model(parts.backbone.model, adapter_config)
         except (MemoryError, RuntimeError) as exc:  # past the estimate: explain a failed allocation
@@ -131,6 +148,16 @@ class AdapterMethod(RunStrategy):
             raise ConfigError(
                 "method.r", adapter_config.r, f"a rank whose adapters fit in memory (allocating them failed: {text})"
             ) from exc
+
+    def restore(self, base: torch.nn.Module, checkpoint: Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+        """`base` wrapped with the adapters of the checkpoint folder (`load_model`, all or nothing)."""
+        ckpt.verify_dir(checkpoint)
+        return load_model(base, checkpoint)
+
+    def check_export(self, method: str, to: str) -> None:
+        if to in ("peft", "merged") and not get_method(method).layer.mergeable:
+            raise ConfigError("--to", to, f"'rankwise' for a {method!r} run: its output is routed per token, no fixed "
+                              "weight delta, so it cannot become a peft LoRA or be merged")  # fmt: skip
 
     def begin_task(self, model: torch.nn.Module, name: str) -> None:
         model.begin_task(name)
@@ -164,6 +191,10 @@ class AdapterMethod(RunStrategy):
     def after_step(self, model: torch.nn.Module) -> Callable[[int, int], dict[str, Any]] | None:
         return model.after_optimizer_step  # CoDyRA: {"k": the prox threshold of this step}
 
+    def step_report(self, model: torch.nn.Module) -> dict[str, Any]:
+        # the method's own summary over all its layers (CoDyRA: {"surviving_ranks": live gates})
+        return model.layer_class.step_report(list(model.adapter_layers().values()))
+
     def end_task(self, model: torch.nn.Module, dist: ddp.DistContext) -> None:
         model.end_task()
         # MoRAM fresh_atoms='end_task' draws the next task's atoms now: rank 0's on every rank
@@ -184,10 +215,14 @@ class AdapterMethod(RunStrategy):
         model.set_inference_options(**options)
 
 
+#: the run kinds that are no adapter method (config.RUN_KINDS); every method of the table is an AdapterMethod
+KINDS: dict[str, type[RunStrategy]] = {"zero-shot": ZeroShot, "full": FullFineTuning}
+
+
 def strategy_for(method: str) -> RunStrategy:
     """The strategy of ``method.name``: the one place the engine tells the run kinds apart."""
-    if method == "zero-shot":
-        return ZeroShot()
-    if method == "full":
-        return FullFineTuning()
+    if method in KINDS:
+        return KINDS[method]()
+    if method not in method_names():
+        raise ConfigError("method.name", method, choices([*RUN_KINDS, *method_names()]))
     return AdapterMethod()

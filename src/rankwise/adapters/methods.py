@@ -153,4 +153,5 @@ register_method("codyra", "rankwise.adapters.codyra:CoDyRAConfig", "rankwise.ada
 register_method("moram", "rankwise.adapters.moram:MoRAMConfig", "rankwise.adapters.moram:MoRAMLinear")
 register_method("inflora", "rankwise.adapters.inflora:InfLoRAConfig", "rankwise.adapters.inflora:InfLoRALinear")
 register_method("olora", "rankwise.adapters.olora:OLoRAConfig", "rankwise.adapters.olora:OLoRALinear")
+register_method("moe-lora", "rankwise.adapters.moelora:MoELoRAConfig", "rankwise.adapters.moelora:MoELoRALinear")
 BUILTIN_METHODS = frozenset(_TABLE)

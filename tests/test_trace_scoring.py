@@ -173,3 +173,17 @@ def test_trace_rouge_l_newline_quirk_costs_an_exact_copy_that_ends_with_a_period
     assert trace_rouge_l([gold], [gold]) == pytest.approx(1000 / 11, abs=1e-5)
     assert trace_rouge_l([gold + "\n"], [gold]) == pytest.approx(1000 / 11, abs=1e-5)
     assert trace_rouge_l(["AN ORDINANCE relating to fees"], [gold]) == pytest.approx(100.0, abs=1e-5)
+
+
+def test_trace_scoring_stands_below_scoring():
+    """No import circle: `rankwise.scoring` imports `rankwise.trace_scoring` (to register the TRACE
+    scorers), so trace_scoring, even scoring Py150 with the LCS-based ratio, never imports scoring."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from rankwise.trace_scoring import fuzz_ratio; "
+        "assert fuzz_ratio('abcde', 'abxde') == 80; "  # 2 * LCS 4 / 10
+        "assert 'rankwise.scoring' not in sys.modules, 'trace_scoring imported scoring'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -50,6 +50,16 @@ def _describe(ep: metadata.EntryPoint) -> str:
     return f"plugin {ep.name!r} ({ep.group} = {ep.value!r}{package})"
 
 
+def _load(ep: metadata.EntryPoint) -> tuple[bool, Any]:
+    """(True, the object `ep` names), or (False, None) after a one-line warning that it failed to load."""
+    try:
+        return True, ep.load()
+    except Exception as exc:  # noqa: BLE001 - any broken plugin must not break the CLI
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        warn(f"{_describe(ep)} failed to load ({type(exc).__name__}: {text[:200]}); skipped")
+        return False, None
+
+
 def _check(ep: metadata.EntryPoint, obj: Any, table: dict[str, Any]) -> str | None:
     """Why `obj` cannot be registered under `ep.name`, or None."""
     from rankwise.registry import Entry
@@ -70,11 +80,8 @@ def load_group(group: str, table: dict[str, Any]) -> list[str]:
     """Add every valid entry point of `group` to `table` (a plain dict update); return the names added."""
     added = []
     for ep in metadata.entry_points(group=group):
-        try:
-            obj = ep.load()
-        except Exception as exc:  # noqa: BLE001 - any broken plugin must not break the CLI
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            warn(f"{_describe(ep)} failed to load ({type(exc).__name__}: {text[:200]}); skipped")
+        loaded, obj = _load(ep)
+        if not loaded:
             continue
         problem = _check(ep, obj, table)
         if problem is not None:
@@ -128,11 +135,8 @@ def load_method_plugins() -> None:
         from rankwise.errors import ConfigError
 
         for ep in metadata.entry_points(group=GROUPS["methods"]):
-            try:
-                obj = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any broken plugin must not break the CLI
-                text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                warn(f"{_describe(ep)} failed to load ({type(exc).__name__}: {text[:200]}); skipped")
+            loaded, obj = _load(ep)
+            if not loaded:
                 continue
             if not isinstance(obj, Method):
                 warn(f"{_describe(ep)}: expected a rankwise.adapters.Method, found {type(obj).__name__}; skipped")

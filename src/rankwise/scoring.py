@@ -26,25 +26,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rankwise.errors import DataError
+from rankwise.scoring_core import check_scorable, lcs_length  # noqa: F401  (lcs_length: public name)
 from rankwise.trace_scoring import TRACE_SCORERS, scienceqa_accuracy  # noqa: F401  (public name)
-
-
-def _check(predictions: Sequence[Any], targets: Sequence[Any]) -> None:
-    if len(predictions) != len(targets):
-        raise DataError(f"{len(predictions)} predictions for {len(targets)} targets")
-    if not targets:
-        raise DataError("cannot score an empty evaluation set")
 
 
 def accuracy(predictions: Sequence[Any], targets: Sequence[Any]) -> float:
     """Percentage of predictions equal to their target (label ids or strings)."""
-    _check(predictions, targets)
+    check_scorable(predictions, targets)
     return 100.0 * sum(p == t for p, t in zip(predictions, targets)) / len(targets)
 
 
 def exact_match(predictions: Sequence[str], targets: Sequence[str]) -> float:
     """Percentage of generated strings equal to the answer after stripping and lower-casing."""
-    _check(predictions, targets)
+    check_scorable(predictions, targets)
     hits = sum(str(p).strip().lower() == str(t).strip().lower() for p, t in zip(predictions, targets))
     return 100.0 * hits / len(targets)
 
@@ -65,7 +59,7 @@ _ROUGE = None
 def rouge_l(predictions: Sequence[str], targets: Sequence[str]) -> float:
     """Mean ROUGE-L F-measure x 100: F = 2 P R / (P + R), P = LCS / |pred|, R = LCS / |ref| (in words)."""
     global _ROUGE
-    _check(predictions, targets)
+    check_scorable(predictions, targets)
     if _ROUGE is None:
         from rouge_score import rouge_scorer
 
@@ -77,28 +71,9 @@ def rouge_l(predictions: Sequence[str], targets: Sequence[str]) -> float:
 # --------------------------------------------------------------------------- edit similarity
 
 
-def lcs_length(a: str, b: str) -> int:
-    """Length of the longest common subsequence of two strings (bit-parallel, Hyyro 2004).
-
-    Bit ``i`` of ``v`` is 1 while row position ``i`` of ``a`` is still unmatched; each character of ``b``
-    updates ``v = (v + u) | (v - u)`` with ``u = v & match_mask[c]``; LCS = number of zero bits.
-    """
-    if not a or not b:
-        return 0
-    masks: dict[str, int] = {}
-    for i, ch in enumerate(a):
-        masks[ch] = masks.get(ch, 0) | (1 << i)
-    full = (1 << len(a)) - 1
-    v = full
-    for ch in b:
-        u = v & masks.get(ch, 0)
-        v = ((v + u) | (v - u)) & full
-    return len(a) - bin(v).count("1")
-
-
 def edit_similarity(predictions: Sequence[str], targets: Sequence[str]) -> float:
     """Mean of ``100 * 2 LCS(p, t) / (|p| + |t|)`` over characters (two empty strings score 100)."""
-    _check(predictions, targets)
+    check_scorable(predictions, targets)
     total = 0.0
     for p, t in zip(predictions, targets):
         p, t = str(p), str(t)
@@ -168,7 +143,7 @@ def sari_sentence(source: str, prediction: str, references: Sequence[str]) -> fl
 
 def sari(predictions: Sequence[str], targets: Sequence[Any]) -> float:
     """Mean sentence SARI x 100; each target is ``(source, reference)`` or ``(source, [references])``."""
-    _check(predictions, targets)
+    check_scorable(predictions, targets)
     total = 0.0
     for p, t in zip(predictions, targets):
         if not (isinstance(t, (tuple, list)) and len(t) == 2 and isinstance(t[0], str)):

@@ -34,14 +34,7 @@ from collections.abc import Callable, Sequence
 from math import isclose
 from typing import Any
 
-from rankwise.errors import DataError
-
-
-def _check(predictions: Sequence[Any], targets: Sequence[Any]) -> None:
-    if len(predictions) != len(targets):
-        raise DataError(f"{len(predictions)} predictions for {len(targets)} targets")
-    if not targets:
-        raise DataError("cannot score an empty evaluation set")
+from rankwise.scoring_core import check_scorable, lcs_length
 
 
 # --------------------------------------------------------------------------- prefix rule
@@ -55,7 +48,7 @@ def prefix_match(prediction: Any, answer: Any) -> bool:
 
 def trace_accuracy(predictions: Sequence[Any], targets: Sequence[Any]) -> float:
     """Percentage of predictions that start (after stripping) with their answer (`prefix_match`)."""
-    _check(predictions, targets)
+    check_scorable(predictions, targets)
     return 100.0 * sum(prefix_match(p, t) for p, t in zip(predictions, targets)) / len(targets)
 
 
@@ -74,7 +67,7 @@ def normalize_choice(prediction: Any, labels: str = CHOICE_LABELS) -> str:
 
 def trace_choice_accuracy(predictions: Sequence[Any], targets: Sequence[Any]) -> float:
     """`trace_accuracy` of `normalize_choice`-d predictions (answers are the letters A/B/C)."""
-    _check(predictions, targets)
+    check_scorable(predictions, targets)
     return trace_accuracy([normalize_choice(p) for p in predictions], targets)
 
 
@@ -86,7 +79,7 @@ def scienceqa_letter(text: Any) -> str:
 
 def scienceqa_accuracy(predictions: Sequence[Any], targets: Sequence[Any]) -> float:
     """ScienceQA: `trace_accuracy` on the answer letters (`scienceqa_letter`) of both sides."""
-    _check(predictions, targets)
+    check_scorable(predictions, targets)
     return trace_accuracy([scienceqa_letter(p) for p in predictions], [scienceqa_letter(t) for t in targets])
 
 
@@ -264,7 +257,7 @@ def math_equal(prediction: str, reference: str) -> bool:
 
 def numglue_accuracy(predictions: Sequence[Any], targets: Sequence[Any]) -> float:
     """Percentage with ``math_equal(numglue_answer(pred), normalize_math(answer.strip()))``."""
-    _check(predictions, targets)
+    check_scorable(predictions, targets)
     hits = sum(
         math_equal(numglue_answer(p), normalize_math(str(t).strip())) for p, t in zip(predictions, targets)
     )
@@ -322,7 +315,7 @@ def rouge_l_summary(hypothesis: str, reference: str) -> float | None:
 def trace_rouge_l(predictions: Sequence[Any], targets: Sequence[Any]) -> float:
     """Mean of `rouge_l_summary` x 100, as TRACE calls it: a newline is appended to a prediction that
     has none; an empty prediction or answer (or a side with no sentence) adds 0 but still counts."""
-    _check(predictions, targets)
+    check_scorable(predictions, targets)
     total = 0.0
     for p, t in zip(predictions, targets):
         p, t = str(p), str(t)
@@ -355,8 +348,6 @@ def fuzz_ratio(a: str, b: str, backend: str = "levenshtein") -> int:
     if not a or not b:
         return 0
     if backend == "levenshtein":
-        from rankwise.scoring import lcs_length
-
         total = len(a) + len(b)
         # 1 - indel / total, in this float order (python-Levenshtein >= 0.20, rapidfuzz): at a .5 tie
         # it can differ from 2 LCS / total by one ulp, which decides the rounding (0.425 -> 43, not 42)
@@ -369,7 +360,7 @@ def fuzz_ratio(a: str, b: str, backend: str = "levenshtein") -> int:
 
 
 def _py150(predictions: Sequence[Any], targets: Sequence[Any], backend: str) -> float:
-    _check(predictions, targets)
+    check_scorable(predictions, targets)
     total = 0
     for p, t in zip(predictions, targets):
         p, t = py150_postprocess(str(p)), py150_postprocess(str(t))

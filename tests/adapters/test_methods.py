@@ -219,6 +219,7 @@ def test_inference_options_come_from_the_method_config(penalty_method):
 
     assert inference_options(["method.weight=3e-1"]) == {"weight": 0.3}  # a registered method's option
     with pytest.raises(ConfigError, match=r"method.top_k, method.tau or method.delta \(moram inference\); "
+                                          r"method.top_k or method.tau \(moe-lora inference\); "
                                           r"method.weight \(penalty-lora inference\)"):  # fmt: skip
         inference_options(["method.r=2"])
     torch.manual_seed(0)

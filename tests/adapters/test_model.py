@@ -393,3 +393,24 @@ def test_save_pretrained_writes_checksums_the_engine_also_verifies(tmp_path):
     (folder / "adapter_config.json").write_text((folder / "adapter_config.json").read_text() + " ")
     with pytest.raises(CheckpointError, match="adapter_config.json is corrupted"):
         load_model(_mlp(), folder)
+
+
+def test_from_pretrained_is_a_classmethod_spelling_of_load_model(tmp_path):
+    """`RankwiseModel.from_pretrained(base, folder)` (peft's spelling) is a classmethod of the class
+    body (not a staticmethod attached after the class) and restores what `load_model` restores."""
+    import inspect
+
+    from rankwise.adapters.model import RankwiseModel
+
+    assert isinstance(inspect.getattr_static(RankwiseModel, "from_pretrained"), classmethod)
+    model = get_model(_mlp(), CONFIGS["codyra"]())
+    _train_task(model, "a")
+    model.end_task()
+    _train_task(model, "b", steps=5)  # a live adapter too
+    model.save_pretrained(tmp_path)
+    via_class = RankwiseModel.from_pretrained(_mlp(), tmp_path).eval()
+    via_function = load_model(_mlp(), tmp_path).eval()
+    assert type(via_class) is RankwiseModel
+    assert (via_class.tasks, via_class.current_task) == (["a"], "b")
+    x = torch.randn(5, 10)
+    assert torch.equal(via_class(x), model(x)) and torch.equal(via_class(x), via_function(x))

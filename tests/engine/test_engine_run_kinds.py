@@ -105,3 +105,20 @@ def test_the_config_object_is_equal_after_a_run(tmp_path, method):
     before = copy.deepcopy(config)
     run_experiment(config, tmp_path / "run", quiet=True)
     assert config == before  # dataclass equality: every section and field, nested, compared
+
+
+def test_no_engine_module_or_the_cli_tests_a_method_name():
+    """Only strategy.py maps ``method.name`` to a run kind (its KINDS table and the method table)."""
+    import re
+
+    from toy_helpers import REPO
+
+    pattern = re.compile(
+        r"""method(\.name)? *(==|!=|in|not in) |(?<!for )\b[\w.]+ (not )?in method_names\(\)|ADAPTER_METHODS|"""
+        r"""== "(full|zero-shot)"|"""
+        r"""isinstance\([^)]*(MoRAM|CoDyRA|LoRA)"""
+    )
+    files = [p for p in (REPO / "src" / "rankwise" / "engine").glob("*.py") if p.name != "strategy.py"]
+    for path in [*files, REPO / "src" / "rankwise" / "cli.py"]:
+        found = pattern.search(path.read_text())
+        assert found is None, f"{path.name} tests a method name: {found.group(0)}"

@@ -9,7 +9,6 @@ refusal is a `CheckpointError` on one line that names the file and the field or 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from rankwise import io
 from rankwise.adapters.base import AdapterStateError
 from rankwise.adapters.base import short_repr as short
 from rankwise.errors import CheckpointError
+from rankwise.io import sha256_file
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -34,14 +34,6 @@ PEFT_TYPE_MARKER = (
     "folder), or write a peft folder with `rankwise export RUN_DIR --to peft` / rankwise.export_peft"
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- writing ------------------------------------------------------------------------------------------

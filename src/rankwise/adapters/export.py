@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from rankwise import io
-from rankwise.adapters.adapter_files import check_folder_target
+from rankwise.adapters.adapter_files import CONFIG_FILE, WEIGHTS_FILE, check_folder_target
 from rankwise.adapters.attention import SplitMultiheadAttention
 from rankwise.adapters.model import RankwiseModel
 from rankwise.errors import LifecycleError, RankwiseError
@@ -106,6 +106,6 @@ def export_peft(
         tensors[f"base_model.model.{name}.lora_B.weight"] = B.contiguous()
     directory = Path(directory)
     check_folder_target(directory)
-    io.save_tensors(directory / "adapter_model.safetensors", tensors, metadata={"format": "pt"})
-    io.write_json(directory / "adapter_config.json", config)
+    io.save_tensors(directory / WEIGHTS_FILE, tensors, metadata={"format": "pt"})  # peft reads the same names
+    io.write_json(directory / CONFIG_FILE, config)
     return directory

@@ -281,6 +281,11 @@ class RankwiseModel(nn.Module):
         adapter_files.write_adapter_folder(directory, header, tensors)
         return directory
 
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, directory: str | os.PathLike[str]) -> RankwiseModel:
+        """peft's spelling of `load_model`: ``RankwiseModel.from_pretrained(fresh_base, "adapters/")``."""
+        return load_model(model, directory)
+
 
 def load_model(model: nn.Module, directory: str | os.PathLike[str]) -> RankwiseModel:
     """Inject and restore a saved adapter (config, task history, merged factors, bank, live adapter)
@@ -323,5 +328,3 @@ def load_model(model: nn.Module, directory: str | os.PathLike[str]) -> RankwiseM
     wrapped.current_task = saved["current_task"]
     return wrapped
 
-
-RankwiseModel.from_pretrained = staticmethod(load_model)  # peft-style spelling

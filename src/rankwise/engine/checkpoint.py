@@ -17,7 +17,6 @@ consistent state. Every load verifies SHA-256 checksums first: a truncated or co
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -69,12 +68,7 @@ def unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 # -- checksummed directories ----------------------------------------------------------------------
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = io.sha256_file  # one reader for the engine's and the adapter folder's checksums
 
 
 def write_checksums(directory: Path) -> None:

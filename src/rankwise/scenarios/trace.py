@@ -45,6 +45,7 @@ from typing import Any
 from rankwise import io
 from rankwise.errors import ConfigError, DataError, choices
 from rankwise.scenarios.readers import TASKS, load_cl_benchmark, load_trec, resolve_root
+from rankwise.scoring import SCORERS
 from rankwise.tasks import GenerationExample, Task
 
 SOURCES = ("folder", "shared-text")
@@ -163,8 +164,6 @@ class TraceConfig:
     )
 
     def __post_init__(self) -> None:
-        from rankwise.scoring import SCORERS
-
         if self.source not in SOURCES:
             raise ConfigError("scenario.source", self.source, choices(SOURCES))
         if self.source == "folder" and self.root is None:

@@ -215,3 +215,75 @@ def test_real_minilm_zero_shot_smoke():
     batch = bb.collate(task.test, task, train=False)
     assert bb.predict(batch, task) == [0, 1, 2]
     assert time.perf_counter() - start < 10
+
+
+# -- sentence pairs: the tokenizer's pair encoding, one embedding per pair ---------------------------
+def pair_task(**kw) -> Task:
+    return make_task(
+        name="nli",
+        train=[
+            ClassificationExample(("the team won", "good game"), 0),
+            ClassificationExample(("stocks fell", "bad"), 1),
+        ],
+        test=[ClassificationExample(("the film", "great movie"), 0)],
+        class_names=["good", "bad"],
+        **kw,
+    )
+
+
+def test_pair_is_encoded_as_cls_a_sep_b_sep_with_segment_ids(backbone):
+    ids = {w: i for i, w in enumerate(WORDS)}
+    batch = backbone.collate(pair_task().train[:1], pair_task(), train=True)
+    expected = ["[CLS]", "the", "team", "won", "[SEP]", "good", "game", "[SEP]"]
+    assert batch["input_ids"][0].tolist() == [ids[w] for w in expected]
+    assert batch["token_type_ids"][0].tolist() == [0] * 5 + [1] * 3
+    # the embedding is the mean-pooled encoder output of that one sequence, segment ids included
+    out = backbone.model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        token_type_ids=batch["token_type_ids"],
+    ).last_hidden_state[0]
+    manual = F.normalize(out.mean(dim=0), dim=0)
+    got = backbone.encode({k: v for k, v in batch.items() if k != "labels"})[0]
+    torch.testing.assert_close(got, manual)
+    joined = backbone.embed(["the team won good game"])[
+        0
+    ]  # the silently concatenated string is another input
+    assert not torch.allclose(got, joined, atol=1e-4)
+
+
+def test_pair_truncation_keeps_the_second_text(tiny_bert_dir):
+    backbone = build_backbone(SentenceEncoderConfig(model_path=str(tiny_bert_dir), max_length=8), "cpu")
+    long_a = "the team won the game " * 4
+    task = pair_task()
+    batch = backbone.collate([ClassificationExample((long_a, "bad movie"), 0)], task, train=True)
+    ids = {w: i for i, w in enumerate(WORDS)}
+    tokens = batch["input_ids"][0].tolist()
+    assert len(tokens) == 8 and tokens[-3:] == [ids["bad"], ids["movie"], ids["[SEP]"]]
+    joined = backbone.tokenize([long_a + " bad movie"])["input_ids"][0].tolist()
+    assert ids["bad"] not in joined  # a joined string cut at max_length loses the second text
+
+
+def test_pair_task_trains_and_predicts(backbone):
+    task = pair_task()
+    batch = backbone.collate(task.train, task, train=True)
+    loss = backbone.loss(batch, task)
+    loss.backward()
+    assert (
+        torch.isfinite(loss) and backbone.model.encoder.layer[0].attention.self.query.weight.grad is not None
+    )
+    test = backbone.collate(task.test, task, train=False)
+    scores = backbone.scores(test, task)
+    inputs = backbone.encode({k: v for k, v in test.items() if k != "labels"})
+    prompts = backbone.prompt_embeddings(task.class_names, task.templates, "first")
+    torch.testing.assert_close(scores, inputs @ prompts.T)
+    assert backbone.predict(test, task) == scores.argmax(dim=1).tolist()
+
+
+@pytest.mark.parametrize(
+    "inputs", [[("a", "b"), "plain text"], [("a", "b", "c")], [("a", 3)]], ids=["mixed", "triple", "not-str"]
+)
+def test_malformed_pairs_are_refused_naming_the_task(backbone, inputs):
+    examples = [ClassificationExample(x, 0) for x in inputs]
+    with pytest.raises(DataError, match="task 'nli'.*pair"):
+        backbone.collate(examples, pair_task(), train=True)

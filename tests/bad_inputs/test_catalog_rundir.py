@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bad_inputs.catalog import REPO, CliResult, run_cli, run_main, tree_digest
+from bad_inputs.catalog import REPO, CliResult, outcome, run_cli, run_main, tree_digest
 
 CONFIG = REPO / "configs" / "toy_codyra.yaml"
 SMALL = [
@@ -46,21 +46,8 @@ def _digest(root: Path, *exclude: Path) -> dict[str, str]:
     }
 
 
-def _outcome(result: CliResult, before: dict, after: dict, code: int = 2, needles: tuple[str, ...] = ()) -> str:
-    if any(after.get(k) != v for k, v in before.items()):  # a file changed or vanished (new ones are fine)
-        return "data lost"
-    if "Traceback" in result.stderr:
-        return "traceback"
-    if result.returncode == 0 and code != 0:
-        return "accepted"
-    lines = result.error_lines
-    if result.returncode != code or len(lines) != 1 or not all(n in lines[0] for n in needles):
-        return "unclear"
-    return "clean"
-
-
 def _check(result: CliResult, before: dict, after: dict, *needles: str, code: int = 2) -> str:
-    got = _outcome(result, before, after, code, needles)
+    got = outcome(result, before, after, code, needles)
     lost = sorted(k for k, v in before.items() if after.get(k) != v)[:6]
     assert got == "clean", f"OUTCOME={got}: rc={result.returncode} stderr={result.stderr[-1500:]!r} changed={lost}"
     return result.error_lines[0]

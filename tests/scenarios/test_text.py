@@ -202,3 +202,57 @@ def test_default_stream_on_real_data():
         assert set(e.label for e in t.test) == set(range(len(t.class_names)))
     fomc = tasks[[t.name for t in tasks].index("fomc")]
     assert not any("Stance" in e.input or "monetary policy stance" in e.input for e in fomc.train + fomc.test)
+
+
+# -- the built-in tasks are bit-identical to the code before the generic scenario -----------------
+def task_digest(task) -> str:
+    """sha256 of everything a run reads from a task (examples in order, class names, templates, metric,
+    label space, info except the absolute source path), as JSON."""
+    import hashlib
+
+    info = {k: v for k, v in task.info.items() if k != "source"}
+    blob = json.dumps(
+        [task.name, [[e.input, e.label] for e in task.train], [[e.input, e.label] for e in task.test],
+         task.class_names, task.templates, task.metric, task.eval_class_names, task.label_offset, info],
+        ensure_ascii=False,
+    )  # fmt: skip
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+#: `task_digest` of every built-in task on shared/data, computed with the code of commit 3452b25
+#: (before text-classification and the Hub fallback existed): default config (test_size 300, split_seed 0,
+#: all shots, seed 0), and shots 5 / test_size 60 / run seed 1.
+BEFORE = {
+    "default": {
+        "agnews": "7e1fcc1a52edc0dd", "amazon": "f91e67c229374cb2", "cr": "16233286f0092ff0",
+        "dbpedia": "e893be270935bdc7", "fomc": "787e3b0107542884", "imdb": "ae285f073ff6347b",
+        "mpqa": "3f0ec9f0a5ad430d", "mr": "0460f7e738f7ea0d", "sst2": "e1533a9ad0f723aa",
+        "subj": "f087fe7352fb601d", "trec": "1b598ffef70dd087", "yelp": "d39f4173f8237c5d",
+    },
+    "shots5_seed1": {"agnews": "074f9eaa989dac51", "subj": "98569c3d23b2da03", "trec": "9694d921ce2248cf",
+                     "fomc": "2924f9a53cb4f0ef"},
+}  # fmt: skip
+
+
+@pytest.mark.skipif(not (REAL_DATA / "text").is_dir(), reason="shared/data not present")
+def test_builtin_tasks_are_bit_identical_to_before_and_as_text_classification_presets():
+    from rankwise.scenarios.text_classification import TextClassificationConfig
+    from rankwise.scenarios.text_classification import build_scenario as build_generic
+
+    tasks = build_scenario(TextMTILConfig(root=str(REAL_DATA), tasks=sorted(BEFORE["default"])), seed=0)
+    assert {t.name: task_digest(t) for t in tasks} == BEFORE["default"]
+    names = sorted(BEFORE["shots5_seed1"])
+    few = build_scenario(TextMTILConfig(root=str(REAL_DATA), tasks=names, shots=5, test_size=60), seed=1)
+    assert {t.name: task_digest(t) for t in few} == BEFORE["shots5_seed1"]
+    # the same tasks as presets of the generic scenario: every field equal, info included
+    generic = build_generic(
+        TextClassificationConfig(tasks=names, shots=5, test_size=60, root=str(REAL_DATA)), seed=1
+    )
+    assert generic == few
+
+
+def test_pair_task_in_text_mtil_is_refused_pointing_at_text_classification():
+    with pytest.raises(ConfigError, match=r"'rte' is a sentence-pair task.*text-classification"):
+        TextMTILConfig(tasks=["agnews", "rte"])
+    with pytest.raises(ConfigError, match="scenario.source"):
+        TextMTILConfig(source="internet")

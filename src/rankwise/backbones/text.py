@@ -21,7 +21,7 @@ from torch import nn
 
 from rankwise.backbones.hub import hub_load_error, resolve_model_source
 from rankwise.backbones.prompt_cache import PromptFeatureCache
-from rankwise.errors import ConfigError, DataError, choices
+from rankwise.errors import ConfigError, DataError, choices, short_repr
 from rankwise.tasks import ClassificationExample, Task
 
 EVAL_TEMPLATE_MODES = ("first", "average")
@@ -128,7 +128,8 @@ class SentenceEncoderBackbone:
     ``embed(texts) = normalize(mean_pool(encoder(texts)))``; training uses each task's first
     template (as in the CLIP recipes of the papers), evaluation ``eval_templates``; prediction is
     ``argmax_c cos(x, p_c)`` over ``task.eval_class_names`` when set (labels then shifted by
-    ``task.label_offset``), else over ``task.class_names``.
+    ``task.label_offset``), else over ``task.class_names``. A sentence-pair input ``(a, b)`` is one
+    sequence: ``x = normalize(mean_pool(encoder([CLS] a [SEP] b [SEP])))``, scored like any input.
     """
 
     default_target_preset = "bert"
@@ -153,6 +154,43 @@ class SentenceEncoderBackbone:
             for k, v in enc.items()
             if k in ("input_ids", "attention_mask", "token_type_ids")
         }
+
+    def tokenize_pairs(self, pairs: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        """The tokenizer's own pair encoding: ``[CLS] a [SEP] b [SEP]`` with segment ids 0 / 1 (BERT).
+
+        The encoder embeds a pair as one sequence, so the two texts attend to each other before mean
+        pooling, and ``truncation=True`` (``longest_first``) trims the longer text token by token: a
+        joined string cut at ``max_length`` would lose the second text (the hypothesis) first.
+        """
+        enc = self.tokenizer(
+            [a for a, _ in pairs],
+            [b for _, b in pairs],
+            padding=True,
+            truncation=True,
+            max_length=self.config.max_length,
+            return_tensors="pt",
+        )
+        return {
+            k: v.to(self.device)
+            for k, v in enc.items()
+            if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
+
+    def tokenize_inputs(self, inputs: Sequence[Any], task: Task) -> dict[str, torch.Tensor]:
+        """Strings through `tokenize`; ``(text_a, text_b)`` pairs through `tokenize_pairs`; never mixed."""
+        pairs = [isinstance(x, tuple) for x in inputs]
+        if not any(pairs):
+            return self.tokenize([str(x) for x in inputs])
+        bad = next(
+            (x for x in inputs if not (isinstance(x, tuple) and len(x) == 2 and all(isinstance(s, str) for s in x))),
+            None,
+        )
+        if bad is not None or not all(pairs):
+            raise DataError(
+                f"task {task.name!r}: a batch mixes pairs and single texts, or a pair is not two strings "
+                f"(got {short_repr(bad, 80)}); every input of a pair task must be a (text_a, text_b) tuple"
+            )
+        return self.tokenize_pairs(inputs)
 
     def encode(self, encoded: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.model(**encoded)
@@ -201,8 +239,7 @@ class SentenceEncoderBackbone:
 
     # -- Backbone protocol ------------------------------------------------------------------
     def collate(self, examples: Sequence[ClassificationExample], task: Task, train: bool) -> dict[str, Any]:
-        texts = [str(e.input) for e in examples]
-        batch: dict[str, Any] = self.tokenize(texts)
+        batch: dict[str, Any] = self.tokenize_inputs([e.input for e in examples], task)
         offset = 0 if train or task.eval_class_names is None else task.label_offset
         batch["labels"] = torch.tensor(
             [e.label + offset for e in examples], dtype=torch.long, device=self.device

@@ -1,13 +1,18 @@
-"""text-mtil: a stream of real text classification tasks from ``shared/data/text``.
+"""text-mtil: a stream of real text classification tasks from ``shared/data/text`` (or their Hub copies).
 
 Each task is classified CLIP-style: one natural-language class name per label word, slotted into
 task-specific prompt templates. Three on-disk formats are read (see ``shared/data/README.md``):
 O-LoRA ``cl_benchmark`` JSON, SentEval-style line files, and TRACE prompt/answer JSON (FOMC); the
-task table and the readers live in `rankwise.scenarios.readers`, shared with TRACE.
+task table and the readers live in `rankwise.scenarios.readers`, shared with TRACE. The same tasks
+(and the sentence-pair presets of `rankwise.scenarios.text_presets`) are presets of the generic
+``text-classification`` scenario (`rankwise.scenarios.text_classification`), built by `builtin_task`.
 
 Data root, first match wins: ``TextMTILConfig.root``; the environment variable ``RANKWISE_DATA``;
 ``./shared/data`` then ``../shared/data`` relative to the working directory. The root is the folder
-that holds ``text/`` (a path to ``text/`` itself is accepted too).
+that holds ``text/`` (a path to ``text/`` itself is accepted too). When none of the default places
+holds it (no ``root``, no ``RANKWISE_DATA``) and ``source`` is ``auto``, each task loads from its
+public Hugging Face copy (`text_presets.HUB_SOURCES`, cached by ``datasets`` after the first run);
+offline, a one-line error says how to point at local files.
 
 Splits. cl_benchmark, TREC and FOMC have train/test files (FOMC: ``train.json`` / ``test.json``).
 MR, CR, SUBJ and MPQA have none: each class's lines are shuffled with ``random.Random(split_seed)``
@@ -19,10 +24,12 @@ seed scores the same items; ``shots`` picks N train items per class with the run
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rankwise.errors import ConfigError, DataError, choices
 from rankwise.scenarios.readers import (  # the readers' public names stay importable from here
@@ -39,6 +46,13 @@ from rankwise.scenarios.readers import load_cl_benchmark as load_cl_benchmark
 from rankwise.scenarios.readers import load_fomc as load_fomc
 from rankwise.scenarios.readers import load_lines as load_lines
 from rankwise.scenarios.readers import load_trec as load_trec
+from rankwise.scenarios.text_presets import (
+    HUB_SOURCES,
+    PAIR_TASKS,
+    hub_description,
+    load_hub_task,
+    load_pair_task,
+)
 from rankwise.tasks import ClassificationExample, Task
 
 #: topics, sentiment, question type, entity type, subjectivity, finance, opinion; the two
@@ -54,6 +68,10 @@ DEFAULT_ORDER: tuple[str, ...] = (
     "sst2",
     "mpqa",
 )
+#: auto: the local copy when one is found, else the Hub copy; local: local only; hub: the Hub copy
+SOURCES = ("auto", "local", "hub")
+#: every built-in task name: text-mtil's single-text tasks and the sentence-pair presets
+PRESETS: tuple[str, ...] = (*sorted(TASKS), *sorted(PAIR_TASKS))
 
 
 def _default_tasks() -> list[str]:
@@ -62,7 +80,7 @@ def _default_tasks() -> list[str]:
 
 @dataclass
 class TextMTILConfig:
-    """Options of the text-mtil stream (task order, shots, test sample, data root)."""
+    """Options of the text-mtil stream (task order, shots, test sample, data root, data source)."""
 
     root: str | None = field(
         default=None,
@@ -82,6 +100,13 @@ class TextMTILConfig:
     split_seed: int = field(
         default=0, metadata={"help": "seed of the 70/30 splits of MR/CR/SUBJ/MPQA and the test sample"}
     )
+    source: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: the local data root when found, else each task's public Hugging Face copy "
+            "(needs `datasets`); local: the data root only; hub: the Hugging Face copies"
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.tasks, str) or not isinstance(self.tasks, Sequence) or not self.tasks:
@@ -90,6 +115,13 @@ class TextMTILConfig:
             )
         self.tasks = list(self.tasks)
         for name in self.tasks:
+            if name in PAIR_TASKS:
+                raise ConfigError(
+                    "scenario.tasks",
+                    name,
+                    f"a single-text task {choices(sorted(TASKS))}: {name!r} is a sentence-pair task; run it "
+                    f"with scenario text-classification (tasks: [{{preset: {name}}}]), which scores it as a pair",
+                )
             if name not in TASKS:
                 raise ConfigError("scenario.tasks", name, choices(sorted(TASKS)))
         if len(set(self.tasks)) != len(self.tasks):
@@ -102,6 +134,8 @@ class TextMTILConfig:
             )
         if not isinstance(self.split_seed, int):
             raise ConfigError("scenario.split_seed", self.split_seed, "an integer")
+        if self.source not in SOURCES:
+            raise ConfigError("scenario.source", self.source, choices(SOURCES))
 
 
 # -- sampling ----------------------------------------------------------------------------------
@@ -137,56 +171,127 @@ def _examples(pairs: Pairs, label_ids: dict[str, int], where: str) -> list[Class
     return out
 
 
-def build_task(name: str, text_root: Path, config: TextMTILConfig, seed: int) -> Task:
-    """One task: load, map labels to ids, sample shots (run seed) and the test set (split_seed)."""
-    spec = TASKS[name]
-    folder = text_root / spec.folder
-    if not folder.is_dir():
-        raise DataError(
-            f"text-mtil task {name!r}: folder {folder} does not exist (data root {text_root.parent})"
-        )
-    splits = load_splits(spec, folder, config.split_seed)
-    label_ids = {raw: i for i, raw in enumerate(spec.class_names)}
-    train = _examples(splits["train"], label_ids, f"{folder} train")
-    test = _examples(splits["test"], label_ids, f"{folder} test")
+def select_examples(
+    splits: dict[str, Any],
+    label_words: Sequence[str],
+    task: str,
+    shots: int | None,
+    test_size: int | None,
+    split_seed: int,
+    seed: int,
+    where: str,
+) -> tuple[list[ClassificationExample], list[ClassificationExample], int]:
+    """Label ids (``label_words[i]`` is id i), then `shots` per class (``Random(f"{seed}:{task}")``) and a
+    stratified test sample (``Random(f"{split_seed}:{task}")``); returns train, test, full test size."""
+    label_ids = {raw: i for i, raw in enumerate(label_words)}
+    train = _examples(splits["train"], label_ids, f"{where} train")
+    test = _examples(splits["test"], label_ids, f"{where} test")
     if not train or not test:
-        raise DataError(
-            f"text-mtil task {name!r} in {folder}: empty split (train {len(train)}, test {len(test)})"
-        )
-    if config.shots is not None:
-        train = [
-            train[i]
-            for i in few_shot([e.label for e in train], config.shots, random.Random(f"{seed}:{name}"))
-        ]
+        raise DataError(f"task {task!r} in {where}: empty split (train {len(train)}, test {len(test)})")
+    if shots is not None:
+        train = [train[i] for i in few_shot([e.label for e in train], shots, random.Random(f"{seed}:{task}"))]
     n_test_total = len(test)
-    if config.test_size is not None:
-        keep = stratified_sample(
-            [e.label for e in test], config.test_size, random.Random(f"{config.split_seed}:{name}")
-        )
+    if test_size is not None:
+        keep = stratified_sample([e.label for e in test], test_size, random.Random(f"{split_seed}:{task}"))
         test = [test[i] for i in keep]
+    return train, test, n_test_total
+
+
+# -- built-in tasks ----------------------------------------------------------------------------
+def locate_data(root: str | None, source: str) -> tuple[Path | None, str]:
+    """(the local ``text/`` folder or None for the Hub copies, and what to tell a user offline)."""
+    if source == "hub":
+        return (
+            None,
+            "point at local files instead: set scenario.source to auto and scenario.root or RANKWISE_DATA",
+        )
+    try:
+        return resolve_root(root), ""
+    except DataError:
+        if source == "local" or root is not None or os.environ.get("RANKWISE_DATA"):
+            raise  # a place the user named that does not hold the data is an error, never a download
+    where = f"{Path.cwd() / 'shared' / 'data'} or {Path.cwd().parent / 'shared' / 'data'}"
+    return None, (
+        f"no local copy at {where}: set scenario.root or RANKWISE_DATA to the folder holding text/ "
+        "(docs/text.md), or run once online to cache the Hub copy"
+    )
+
+
+def builtin_task(
+    name: str,
+    text_root: Path | None,
+    *,
+    shots: int | None,
+    test_size: int | None,
+    split_seed: int,
+    seed: int,
+    hint: str = "",
+    class_names: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
+) -> Task:
+    """One built-in task (text-mtil's table or a pair preset) from the local ``text/`` folder or its Hub copy.
+
+    `class_names` / `templates` replace the preset's own (same number of classes, label-id order)."""
+    pair = name in PAIR_TASKS
+    spec: Any = PAIR_TASKS[name] if pair else TASKS[name]
+    if text_root is None:
+        splits, source, fmt = load_hub_task(name, hint), None, "hf"
+    else:
+        folder = text_root / spec.folder
+        if not folder.is_dir():
+            raise DataError(
+                f"text-mtil task {name!r}: folder {folder} does not exist (data root {text_root.parent})"
+            )
+        splits = load_pair_task(name, folder) if pair else load_splits(spec, folder, split_seed)
+        source, fmt = str(folder), "cl_benchmark-pair" if pair else spec.fmt
+    where = source or name
+    train, test, n_test_total = select_examples(
+        splits, list(spec.class_names), name, shots, test_size, split_seed, seed, where
+    )
+    if source is None:
+        hub = HUB_SOURCES[name]
+        source, split = hub_description(hub), f"Hub splits {hub.train_split}/{hub.test_split}"
+    else:
+        split = "seeded stratified 70/30 (split_seed)" if fmt == "lines" else "files"
+    info: dict[str, Any] = {
+        "source": source,
+        "format": fmt,
+        "domain": spec.domain,
+        "shots": shots,
+        "n_train": len(train),
+        "n_test": len(test),
+        "n_test_total": n_test_total,
+        "split": split,
+        "split_seed": split_seed,
+        "label_words": list(spec.class_names),
+    }
+    if pair:
+        info["input"] = "pair"
     return Task(
         name=name,
         train=train,
         test=test,
-        class_names=list(spec.class_names.values()),
-        templates=list(spec.templates),
+        class_names=list(class_names) if class_names is not None else list(spec.class_names.values()),
+        templates=list(templates) if templates is not None else list(spec.templates),
         metric="accuracy",
-        info={
-            "source": str(folder),
-            "format": spec.fmt,
-            "domain": spec.domain,
-            "shots": config.shots,
-            "n_train": len(train),
-            "n_test": len(test),
-            "n_test_total": n_test_total,
-            "split": "seeded stratified 70/30 (split_seed)" if spec.fmt == "lines" else "files",
-            "split_seed": config.split_seed,
-            "label_words": list(spec.class_names),
-        },
+        info=info,
+    )
+
+
+def build_task(name: str, text_root: Path | None, config: TextMTILConfig, seed: int, hint: str = "") -> Task:
+    """One task: load, map labels to ids, sample shots (run seed) and the test set (split_seed)."""
+    return builtin_task(
+        name,
+        text_root,
+        shots=config.shots,
+        test_size=config.test_size,
+        split_seed=config.split_seed,
+        seed=seed,
+        hint=hint,
     )
 
 
 def build_scenario(config: TextMTILConfig, seed: int) -> list[Task]:
     """The configured task stream, in order."""
-    text_root = resolve_root(config.root)
-    return [build_task(name, text_root, config, seed) for name in config.tasks]
+    text_root, hint = locate_data(config.root, config.source)
+    return [build_task(name, text_root, config, seed, hint) for name in config.tasks]

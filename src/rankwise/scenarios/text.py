@@ -78,6 +78,16 @@ def _default_tasks() -> list[str]:
     return list(DEFAULT_ORDER)
 
 
+def check_sampling(shots: object, test_size: object, split_seed: object) -> None:
+    """Validate the sampling fields shared by the text scenarios (ConfigError naming the field)."""
+    if shots is not None and (not isinstance(shots, int) or shots < 1):
+        raise ConfigError("scenario.shots", shots, "an integer >= 1, or null for all training data")
+    if test_size is not None and (not isinstance(test_size, int) or test_size < 1):
+        raise ConfigError("scenario.test_size", test_size, "an integer >= 1, or null for the whole test set")
+    if not isinstance(split_seed, int):
+        raise ConfigError("scenario.split_seed", split_seed, "an integer")
+
+
 @dataclass
 class TextMTILConfig:
     """Options of the text-mtil stream (task order, shots, test sample, data root, data source)."""
@@ -126,14 +136,7 @@ class TextMTILConfig:
                 raise ConfigError("scenario.tasks", name, choices(sorted(TASKS)))
         if len(set(self.tasks)) != len(self.tasks):
             raise ConfigError("scenario.tasks", self.tasks, "each task at most once")
-        if self.shots is not None and (not isinstance(self.shots, int) or self.shots < 1):
-            raise ConfigError("scenario.shots", self.shots, "an integer >= 1, or null for all training data")
-        if self.test_size is not None and (not isinstance(self.test_size, int) or self.test_size < 1):
-            raise ConfigError(
-                "scenario.test_size", self.test_size, "an integer >= 1, or null for the whole test set"
-            )
-        if not isinstance(self.split_seed, int):
-            raise ConfigError("scenario.split_seed", self.split_seed, "an integer")
+        check_sampling(self.shots, self.test_size, self.split_seed)
         if self.source not in SOURCES:
             raise ConfigError("scenario.source", self.source, choices(SOURCES))
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from rankwise.config_types import build_dataclass
 from rankwise.errors import ConfigError, DataError, choices
-from rankwise.scenarios.text import PRESETS, builtin_task, locate_data, select_examples
+from rankwise.scenarios.text import PRESETS, builtin_task, check_sampling, locate_data, select_examples
 from rankwise.scenarios.text_sources import (
     FORMATS,
     Example,
@@ -192,14 +192,7 @@ class TextClassificationConfig:
         if len(set(names)) != len(names):
             raise ConfigError("scenario.tasks", names, "each task name at most once")
         self.tasks = built
-        if self.shots is not None and (not isinstance(self.shots, int) or self.shots < 1):
-            raise ConfigError("scenario.shots", self.shots, "an integer >= 1, or null for all training data")
-        if self.test_size is not None and (not isinstance(self.test_size, int) or self.test_size < 1):
-            raise ConfigError(
-                "scenario.test_size", self.test_size, "an integer >= 1, or null for the whole test set"
-            )
-        if not isinstance(self.split_seed, int):
-            raise ConfigError("scenario.split_seed", self.split_seed, "an integer")
+        check_sampling(self.shots, self.test_size, self.split_seed)
 
 
 # -- reading one task ---------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Accuracy table on text-mtil with all-MiniLM-L6-v2: zero-shot, full FT, sequential LoRA, CoDyRA, MoRAM.
+"""Accuracy table on text-mtil with all-MiniLM-L6-v2: zero-shot, full FT, sequential LoRA, CoDyRA, MoRAM,
+and the rivals O-LoRA, InfLoRA and task-level MoE-LoRA.
 
 Every method sees the same tasks, iterations, batch size, test sample and seed; only the method
 section (and full fine-tuning's learning rate, see ``FULL_LR``) differs. Writes
 ``benchmarks/results/text_mtil.json`` and prints a markdown table to paste into docs/text_mtil.md.
 
-    python benchmarks/text_mtil.py                      # all five methods, ~9 tasks
+    python benchmarks/text_mtil.py                      # every method, 9 tasks
+    python benchmarks/text_mtil.py --methods olora inflora moe-lora --threads 1
     python benchmarks/text_mtil.py --methods lora moram --set train.iterations=20
 """
 
@@ -43,6 +45,12 @@ METHODS: dict[str, dict[str, Any]] = {
     "codyra": {"name": "codyra", "r": 16, "k_max": 0.075, "ramp_steps": 15},
     "moram": {"name": "moram", "r": 16, "tau": 0.01, "delta": 0.2},
 }
+#: the rival methods run with the method section of their text-track preset (official defaults)
+#: and the shared training budget above.
+PRESET_METHODS = {"olora": "text_mtil_olora", "inflora": "text_mtil_inflora", "moe-lora": "text_mtil_moelora"}
+ROOT = Path(__file__).resolve().parents[1]
+for _method, _preset in PRESET_METHODS.items():
+    METHODS[_method] = yaml.safe_load((ROOT / "configs" / f"{_preset}.yaml").read_text())["method"]
 
 
 def run_config(method: str, overrides: list[str]) -> Any:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rankwise import plugins, registry
+from rankwise import registry
+from rankwise.adapters import methods
 from rankwise.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,9 +26,9 @@ EXAMPLE = REPO / "examples" / "rankwise-plugin-example"
 @pytest.fixture()
 def fresh_plugins():
     """Each test sees the entry points installed at that moment, and leaves none behind."""
-    plugins.reset()
+    registry.reset_plugins()
     yield
-    plugins.reset()
+    registry.reset_plugins()
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_plugin_run_then_resume_and_a_new_process_sees_it(
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         "task_1_sports-music", "task_2_food-space"
     ]
-    plugins.reset()  # as in a new process: the resumed run finds the plugin again through its entry point
+    registry.reset_plugins()  # as in a new process: the resumed run finds the plugin again through its entry point
     assert main(["run", config, *sets, "--resume", str(run_dir)]) == 0
     assert "already finished" in capsys.readouterr().err
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed_example), str(REPO / "src")])}
@@ -136,9 +137,9 @@ WRONG = Method("other-name", PlugConfig, LoRALinear)
 
 @pytest.fixture()
 def fresh_methods():
-    plugins.reset_methods()
+    methods.reset_plugins()
     yield
-    plugins.reset_methods()
+    methods.reset_plugins()
 
 
 def test_method_plugin_is_a_method_everywhere_and_broken_ones_warn(

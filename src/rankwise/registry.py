@@ -16,6 +16,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from rankwise import plugins
 from rankwise.errors import ConfigError, choices
 
 
@@ -42,9 +43,7 @@ class PluginTable(dict):
     """A name -> Entry table that adds installed plugins (`rankwise.plugins`) before its first read."""
 
     def _plugins(self) -> None:
-        from rankwise.plugins import load_plugins
-
-        load_plugins()
+        _load_plugins()
 
     def __getitem__(self, name: str) -> Entry:
         self._plugins()
@@ -121,6 +120,40 @@ SCENARIOS: dict[str, Entry] = PluginTable({
 #: the names rankwise itself ships (plugins may add others, never replace these)
 BUILTIN_BACKBONES = frozenset(dict.keys(BACKBONES))
 BUILTIN_SCENARIOS = frozenset(dict.keys(SCENARIOS))
+
+
+def _entry_problem(table: dict[str, Entry]) -> Any:
+    def check(ep: Any, obj: Any) -> str | None:
+        """Why `obj` cannot be registered in `table` under `ep.name`, or None."""
+        if not isinstance(obj, Entry):
+            return f"expected a rankwise.registry.Entry, found {type(obj).__name__}"
+        if obj.name != ep.name:
+            return f"its Entry is named {obj.name!r}; the entry point and the Entry must share one name"
+        if dict.__contains__(table, ep.name):
+            return f"the name {ep.name!r} is already taken (built in, or by another plugin)"
+        for ref in (obj.config, obj.factory):
+            if not isinstance(ref, str) or ref.count(":") != 1:
+                return f"Entry reference {ref!r} is not 'module:attribute'"
+        return None
+
+    return check
+
+
+def _register_plugins() -> None:
+    for group, table in ((plugins.GROUPS["scenarios"], SCENARIOS), (plugins.GROUPS["backbones"], BACKBONES)):
+        plugins.load_group(group, _entry_problem(table), lambda name, obj, t=table: dict.__setitem__(t, name, obj))
+
+
+#: adds the installed scenario and backbone plugins to the tables, once per process (first read)
+_load_plugins = plugins.Once(_register_plugins)
+
+
+def reset_plugins() -> None:
+    """Forget loaded plugins (tests): the next table read finds the installed entry points again."""
+    for table, names in ((SCENARIOS, BUILTIN_SCENARIOS), (BACKBONES, BUILTIN_BACKBONES)):
+        for name in [n for n in dict.keys(table) if n not in names]:
+            dict.__delitem__(table, name)
+    _load_plugins.done = False
 
 
 def lookup(table: dict[str, Entry], name: str, field: str) -> Entry:

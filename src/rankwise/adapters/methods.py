@@ -19,9 +19,9 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from rankwise import plugins
 from rankwise.adapters.base import AdapterConfig, AdapterLayer
 from rankwise.errors import ConfigError, choices
-from rankwise.plugins import load_method_plugins
 
 #: ``method.name`` values of the run kinds that have no adapter (the engine's); never a method name
 RESERVED_NAMES = ("zero-shot", "full")
@@ -93,10 +93,35 @@ def register_method(
     return entry
 
 
+def _method_problem(ep: object, obj: object) -> str | None:
+    """Why an entry point's object cannot be registered as a method, or None."""
+    if not isinstance(obj, Method):
+        return f"expected a rankwise.adapters.Method, found {type(obj).__name__}"
+    if obj.name != getattr(ep, "name", None):
+        return f"its Method is named {obj.name!r}; the entry point and the Method must share one name"
+    return None
+
+
+#: registers the methods of installed ``rankwise.methods`` entry points (each names a `Method` of the
+#: same name) with `register_method`, the same checks as a built-in line; once per process, lazily
+_load_plugins = plugins.Once(
+    lambda: plugins.load_group(
+        plugins.GROUPS["methods"], _method_problem, lambda name, m: register_method(name, m.config, m.layer)
+    )
+)
+
+
 def _with_plugins() -> dict[str, Method]:
     """The table, after installed ``rankwise.methods`` entry points were registered (once per process)."""
-    load_method_plugins()
+    _load_plugins()
     return _TABLE
+
+
+def reset_plugins() -> None:
+    """Forget loaded method plugins (tests): drop every non-built-in entry of the method table."""
+    for name in [n for n in _TABLE if n not in BUILTIN_METHODS]:
+        del _TABLE[name]
+    _load_plugins.done = False
 
 
 def method_names() -> tuple[str, ...]:

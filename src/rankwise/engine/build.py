@@ -9,9 +9,7 @@ on a copy, kept in ``Parts.config`` with the run kind's strategy (strategy.py) i
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -22,22 +20,9 @@ from rankwise.engine import memory
 from rankwise.engine.device import apply_threads, choose_device, seed_everything
 from rankwise.engine.evaluate import validate_tasks
 from rankwise.engine.rundir import inside, task_folder_name
-from rankwise.engine.strategy import RunStrategy, strategy_for
+from rankwise.engine.strategy import Parts, strategy_for
 from rankwise.registry import BACKBONES, SCENARIOS
 from rankwise.tasks import Task
-
-
-@dataclass
-class Parts:
-    """Everything built from a config: tasks, backbone and the (possibly wrapped) model."""
-
-    tasks: list[Task]
-    backbone: Any
-    model: torch.nn.Module
-    device: torch.device
-    dist: ddp.DistContext = ddp.SINGLE
-    config: RunConfig | None = None  # the resolved copy of the config these parts were built from
-    strategy: RunStrategy = field(default_factory=RunStrategy)  # what the run kind does (strategy.py)
 
 
 # -- building ---------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ test a method name; `strategy_for` is the one place that maps a ``method.name`` 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -25,9 +26,7 @@ from rankwise.engine import checkpoint as ckpt
 from rankwise.engine import distributed as ddp
 from rankwise.engine import memory
 from rankwise.errors import CheckpointError, ConfigError, choices
-
-if TYPE_CHECKING:
-    from rankwise.engine.build import Parts
+from rankwise.tasks import Task
 
 
 class RunStrategy:
@@ -226,3 +225,18 @@ def strategy_for(method: str) -> RunStrategy:
     if method not in method_names():
         raise ConfigError("method.name", method, choices([*RUN_KINDS, *method_names()]))
     return AdapterMethod()
+
+
+@dataclass
+class Parts:
+    """Everything built from a config (engine/build.py): tasks, backbone, the (possibly wrapped) model,
+    and the run kind's strategy. Defined here, beside what a strategy attaches to, so that the
+    strategies need nothing from build.py."""
+
+    tasks: list[Task]
+    backbone: Any
+    model: torch.nn.Module
+    device: torch.device
+    dist: ddp.DistContext = ddp.SINGLE
+    config: RunConfig | None = None  # the resolved copy of the config these parts were built from
+    strategy: RunStrategy = field(default_factory=RunStrategy)  # what the run kind does

@@ -80,3 +80,7 @@ class Backbone(Protocol):
 
     def targets(self, batch: Any) -> list[Any]:
         """Gold answers of a batch (label ids in the evaluation label space, or answer strings)."""
+
+    # Optional: ``evaluation() -> context manager`` around one evaluation pass of a task, during which
+    # the model does not change (the CLIP and sentence-encoder backbones hash their text tower once
+    # there for the prompt-feature cache). The engine calls it when a backbone has it.

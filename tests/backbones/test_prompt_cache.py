@@ -19,7 +19,7 @@ from torch import nn
 
 import rankwise
 from rankwise.backbones.clip import OpenClipConfig, build_open_clip
-from rankwise.backbones.prompt_cache import PromptFeatureCache, module_state
+from rankwise.backbones.prompt_cache import PromptFeatureCache, module_state, tensor_digest
 from rankwise.config import config_from_dict
 from rankwise.engine import checkpoint as ckpt
 from rankwise.engine.continual import run_experiment
@@ -63,41 +63,94 @@ def test_every_kind_of_state_change_misses_and_nothing_else_does() -> None:
 
     assert get() == 1 and get() == 1 and get("other") == 2 and get() == 1  # requests kept side by side
     with torch.no_grad():
-        model[0].weight.add_(0.0)  # in place, even with an unchanged value: an optimizer step
+        model[0].weight.add_(0.5)  # in place: an optimizer step
     assert get() == 3
-    model.eval()  # train/eval mode
+    model[0].weight.data[0, 0] += 1.0  # through .data, which has its own version counter
     assert get() == 4
-    model[1].p = 0.2  # any scalar attribute (MoRAM's tau / delta / budget are such attributes)
+    model[0].bias.data = model[0].bias.data + 1.0  # .data replaced
     assert get() == 5
-    model[0].register_buffer("bank", torch.zeros(2, 3))  # a buffer appears
+    model.eval()  # train/eval mode
     assert get() == 6
-    model[0].bank = torch.zeros(2, 3)  # the same values in a new tensor (MoRAM's end_task)
+    model[1].p = 0.2  # any scalar attribute (MoRAM's tau / delta / budget are such attributes)
     assert get() == 7
-    model[0].note = [1, 2.5, "a"]  # a list of scalars
+    model[0].register_buffer("bank", torch.zeros(2, 3))  # a buffer appears
     assert get() == 8
+    model[0].bank = torch.zeros(3, 2)  # same values, another shape (a bank that grew or changed)
+    assert get() == 9
+    model[0].bank = torch.zeros(3, 2, dtype=torch.float64)  # another dtype
+    assert get() == 10
+    model[0].note = [1, 2.5, "a"]  # a list of scalars
+    assert get() == 11
     model[0].note.append(None)
-    assert get() == 9
+    assert get() == 12
     model[0].helper = lambda x: x  # not state: other attributes never count
-    assert get() == 9
-    assert get() == 9 and compute.calls == 9
+    assert get() == 12
+    model[0].bank = torch.zeros(3, 2, dtype=torch.float64)  # equal state in a new tensor: equal features
+    with torch.no_grad():
+        model[0].weight.add_(0.0)  # a write that leaves every value as it was
+    assert get() == 12 and compute.calls == 12
 
 
-def test_replaced_tensor_never_matches_even_when_its_id_is_reused() -> None:
-    """CPython reuses the address (the id) of a freed tensor for the next one of its kind: a buffer
-    dropped and then replaced (as a bank is) usually gets the old id back, with version 0 again, so an
-    (id, version) key matches the new tensor. A weak reference to the old one is dead and never does."""
+def test_the_key_is_the_content_so_a_reused_id_or_a_restored_state_is_exact() -> None:
+    """CPython reuses the address (the id) of a freed tensor for the next one of its kind, with version
+    0 again: a key of ids and versions took a replaced bank for the old one. The content key sees the
+    new values, and state restored to what it was gives back the features of that state."""
     lin = nn.Linear(2, 2)
     lin.register_buffer("bank", torch.zeros(2))
     cache, compute = PromptFeatureCache(), Counter()
     cache.get(lin, "r", compute)
-    reused = 0
     for i in range(20):
-        previous = id(lin.bank)
         lin.bank = None  # the old tensor is freed here ...
         lin.bank = torch.full((2,), float(i + 1))  # ... and its id is free for this one
-        reused += id(lin.bank) == previous and lin.bank._version == 0
         cache.get(lin, "r", compute)
-    assert compute.calls == 21, f"a replaced tensor was taken for the old one ({reused} ids reused)"
+    assert compute.calls == 21, "a replaced tensor with new values was taken for the old one"
+    before = {k: v.clone() for k, v in lin.state_dict().items()}
+    first = cache.get(lin, "r", compute)
+    with torch.no_grad():
+        lin.weight.mul_(3)
+    assert cache.get(lin, "r", compute) is not first
+    lin.load_state_dict(before)
+    restored = cache.get(lin, "r", compute)  # computed afresh (the cache keeps the current state only) ...
+    assert compute.calls == 23 and torch.equal(restored, torch.tensor([23.0]))
+    assert cache.get(lin, "r", compute) is restored  # ... and kept
+
+
+def test_digest_covers_every_dtype_layout_and_byte() -> None:
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    assert tensor_digest(base) == tensor_digest(base.clone())
+    assert tensor_digest(base.t()) == tensor_digest(base.t().contiguous())  # values in row-major order
+    assert tensor_digest(base.t()) != tensor_digest(base)
+    for dtype in (torch.bfloat16, torch.float16, torch.float64, torch.int8, torch.bool, torch.complex64):
+        t = base.to(dtype)
+        assert tensor_digest(t) == tensor_digest(t.clone())
+        flipped = t.clone()
+        flipped.view(-1)[0] = flipped.view(-1)[1]  # one element changed (0 -> 1, False -> True)
+        assert tensor_digest(flipped) != tensor_digest(t), dtype
+    bits = base.clone()
+    bits.view(torch.int32)[1, 1] ^= 1  # the lowest mantissa bit of one value
+    assert tensor_digest(bits) != tensor_digest(base)
+
+
+def test_pinned_block_hashes_once_and_unpinned_lookups_every_time(monkeypatch) -> None:
+    from rankwise.backbones import prompt_cache
+
+    model, cache, compute = nn.Linear(2, 2), PromptFeatureCache(), Counter()
+    calls = []
+    original = prompt_cache.module_state
+    monkeypatch.setattr(prompt_cache, "module_state", lambda *a: calls.append(1) or original(*a))
+    for _ in range(3):
+        cache.get(model, "r", compute)
+    assert len(calls) == 3 and compute.calls == 1
+    with cache.pinned():
+        with cache.pinned():  # nested: the outermost block's signature
+            for _ in range(5):
+                cache.get(model, "r", compute)
+        cache.get(model, "r", compute)
+    assert len(calls) == 4 and compute.calls == 1
+    with torch.no_grad():
+        model.weight.add_(1.0)  # after the block: seen again
+    cache.get(model, "r", compute)
+    assert len(calls) == 5 and compute.calls == 2
 
 
 class Stats(nn.Module):
@@ -110,7 +163,7 @@ class Stats(nn.Module):
         self.seen = 0
 
 
-def test_statistics_state_is_ignored_and_inference_tensors_never_cached() -> None:
+def test_statistics_state_is_ignored_and_inference_tensors_are_keyed_by_content() -> None:
     model, cache, compute = Stats(), PromptFeatureCache(), Counter()
     cache.get(model, "r", compute)
     model.hits += 1  # counted by a tracked forward: no effect on outputs
@@ -119,9 +172,12 @@ def test_statistics_state_is_ignored_and_inference_tensors_never_cached() -> Non
     cache.get(model, "r", compute)
     assert compute.calls == 1
     with torch.inference_mode():
-        frozen = nn.Linear(2, 2)  # inference tensors have no version counter to key on
-    cache.get(frozen, "r", compute)
-    cache.get(frozen, "r", compute)
+        frozen = nn.Linear(2, 2)  # inference tensors have no version counter; their bytes are readable
+        cache.get(frozen, "r", compute)
+        cache.get(frozen, "r", compute)
+        assert compute.calls == 2
+        frozen.weight.add_(1.0)
+        cache.get(frozen, "r", compute)
     assert compute.calls == 3
     off = PromptFeatureCache(enabled=False)
     off.get(model, "r", compute), off.get(model, "r", compute)
@@ -140,7 +196,7 @@ def test_excluded_prefixes_are_left_out() -> None:
         model["text"].weight.mul_(2)
     cache.get(model, "r", compute)
     assert compute.calls == 2
-    names = [entry[0] for entry in module_state(model, ("visual",))[0]]
+    names = [entry[0] for entry in module_state(model, ("visual",))]
     assert names == ["", "text"]
 
 
@@ -412,3 +468,25 @@ def test_sentence_encoder_moram_rows_equal_uncached_and_resumed(tiny_bert_dir, t
         _no_cache(patch)
         uncached = _sentence_rows(tiny_bert_dir)
     _assert_rows_equal(cached, uncached)
+
+
+def test_an_evaluation_row_hashes_the_encoder_once(tiny_bert_dir, monkeypatch):
+    """evaluate_all pins the cache: one state hash per row of the accuracy matrix, whatever the number
+    of tasks and batches; the scores equal the uncached ones, and a changed model is seen at the next row."""
+    from rankwise.backbones import prompt_cache
+    from rankwise.engine.evaluate import evaluate_all
+
+    backbone, tasks = _sentence_backbone(tiny_bert_dir), _sentence_tasks()
+    model = rankwise.get_model(backbone.model, rankwise.LoRAConfig(r=2, preset="bert"))
+    calls = []
+    original = prompt_cache.module_state
+    monkeypatch.setattr(prompt_cache, "module_state", lambda *a: calls.append(1) or original(*a))
+    first = evaluate_all(backbone, tasks, batch_size=2)
+    assert len(calls) == 1 and sum(len(t.test) for t in tasks) > 2 * len(tasks)  # several batches
+    _train_sentence_task(backbone, model, tasks[0], 0)
+    second = evaluate_all(backbone, tasks, batch_size=2)
+    assert len(calls) == 2
+    with monkeypatch.context() as patch:
+        _no_cache(patch)
+        assert evaluate_all(backbone, tasks, batch_size=2) == second
+    assert second != first  # training changed the scores, so the second row did not reuse the first's prompts

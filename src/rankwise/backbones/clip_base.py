@@ -43,6 +43,7 @@ argmax indices in that label space.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,10 @@ class ClipBackbone:
         return self.prompt_cache.get(self.model, request, compute)
 
     # --- Backbone protocol ----------------------------------------------------------------
+    def evaluation(self) -> AbstractContextManager[None]:
+        """One evaluation pass: the text tower's state is hashed once for the prompt cache (prompt_cache.py)."""
+        return self.prompt_cache.pinned()
+
     def collate(self, examples: Sequence[Any], task: Task, train: bool) -> ClipBatch:
         labels = [int(ex.label) for ex in examples]
         n = len(task.class_names or [])

@@ -2,50 +2,48 @@
 
 Evaluation encodes the same class prompts for every batch, so a backbone keeps them. They are valid
 only while nothing the text tower computes with has changed. The cache therefore keys the features
-on a *state signature* of the module that encodes them, taken before every lookup:
+on a *state signature* of the module that encodes them:
 
     signature = for each submodule m (``named_modules`` order, minus excluded prefixes):
         (name, class, scalar attributes of m,
          for each parameter, buffer and plain tensor attribute t of m:
-             (name, in-place version of t, data pointer, shape, dtype, device))
-    identity  = the tensors themselves, held by weak reference
+             (name, shape, dtype, device, SHA-1 of t's bytes))
 
-    hit  <=>  signature == stored signature  and  every stored tensor is the current one
+    hit  <=>  signature == stored signature
 
-What changes the signature, and why each piece is there:
+The signature is a function of what the computation reads, nothing else: equal signatures mean the
+same text features (the same code on the same numbers), whatever happened in between. So it sees
 
-* an optimizer step, ``load_state_dict``, a merge ``W += B A``: in-place writes bump the tensor's
-  version counter;
-* MoRAM's ``end_task`` (live factors removed, the bank buffers replaced): the names, shapes and
-  identities of the tensors change, so the key never falls back to the zero-shot one;
-* ``begin_task`` / loading / injection: new modules, tensors and scalar state (``task_active``);
+* an optimizer step, ``load_state_dict``, a merge ``W += B A``, CoDyRA's prox step, and writes
+  through ``tensor.data`` or from code outside rankwise: the bytes change;
+* MoRAM's ``end_task`` (live factors removed, the bank buffers replaced), ``begin_task``, loading and
+  injection: names, shapes and modules change;
 * inference options (MoRAM ``budget`` / ``tau`` / ``delta_threshold``) and train/eval mode: scalar
   attributes (bool, int, float, str, None and tuples or lists of them) of every module;
 * autocast on or off, and its dtype: part of the request, since the features are computed under it.
 
-Identity is checked with weak references, never with ``id()``: an id can be reused by a new tensor
-once the old one is garbage-collected, while a dead weak reference never matches a live tensor, and
-holding weak (not strong) references keeps no replaced weights alive.
+It relies on no private torch state (an earlier key used ``Tensor._version``, which misses writes
+through ``.data`` and needs identity checks against reused ids). What it does not see: a change of
+forward hooks, and state kept outside the module tree.
 
 State that records statistics and never changes an output (MoRAM's atom hit counts, updated in
 place by every tracked evaluation forward) is left out when a module class lists those names in a
-``statistics_state`` class attribute (duck-typed, so adapters and backbones never import each
-other); otherwise every tracked batch would miss the cache.
+``statistics_state`` class attribute (duck-typed, so adapters and backbones never import each other);
+otherwise every tracked batch would miss the cache.
 
-Not seen: a write through ``tensor.data`` (it has its own version counter; use ``torch.no_grad()``
-and write to the tensor itself, as rankwise does outside CoDyRA's prox step, which always follows an
-optimizer step), a change of forward hooks, and state kept outside the module tree.
-
-Cost: one pass over the modules, their tensors and attributes per lookup (one lookup per evaluation
-batch). Measured on this project's 2-core CPU for ViT-B/16 with MoRAM on all 144 linears: 3.2 ms
-(text tower; 6.8 ms for the whole model), against 700 ms to preprocess the 64 images of one batch
-and several seconds to encode them.
+Cost: hashing reads every byte of the text tower once (SHA-1 in hashlib, about 1.3 GB/s on this
+project's CPU: 65 ms for MiniLM's 88 MB, 0.35-0.6 s for ViT-B/16's 63M-parameter text tower on a busy
+core; device tensors are copied to the host first). The engine pays it once per row of the accuracy
+matrix, not per batch: it evaluates a row inside ``cache.pinned()`` (through the backbone's
+``evaluation()``), where the signature is taken at the first lookup and reused, because nothing
+trains inside an evaluation pass. Outside such a block every lookup hashes afresh.
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Hashable, Sequence
+import hashlib
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -54,26 +52,32 @@ from torch import nn
 _SCALARS = frozenset({bool, int, float, str, type(None)})
 
 
+#: integer views of the same width, so any dtype's bytes reach numpy (which has no bfloat16)
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-1 of the tensor's values, as bytes in row-major order (any dtype, device or layout)."""
+    x = t.detach()
+    if x.is_complex():
+        x = torch.view_as_real(x)
+    x = x.contiguous().reshape(-1)
+    if x.element_size() in _INT_VIEW and x.dtype != torch.bool:
+        x = x.view(_INT_VIEW[x.element_size()])
+    return hashlib.sha1(x.cpu().numpy().tobytes(), usedforsecurity=False).hexdigest()
+
+
 def _tensor_entry(name: str, t: torch.Tensor) -> tuple[Any, ...]:
-    if t.is_inference():  # inference tensors have no version counter: never reuse features over them
-        return (name, object())
-    # `Tensor._version` is the counter autograd itself uses to detect in-place writes; every in-place
-    # op (optimizer steps, copy_ in load_state_dict, add_ in merges) bumps it. The public alternatives
-    # are worse: hashing the contents costs a pass over every weight per batch and can collide, and
-    # optimizer hooks miss writes made outside an optimizer (loading, merging, prox steps).
-    return (name, t._version, t.data_ptr(), tuple(t.shape), t.dtype, t.device)
+    return (name, tuple(t.shape), t.dtype, t.device, tensor_digest(t))
 
 
-def module_state(
-    module: nn.Module, exclude: Sequence[str] = ()
-) -> tuple[tuple[Any, ...], list[torch.Tensor]]:
-    """(signature, tensors) of `module` minus submodules whose name starts with an `exclude` prefix.
+def module_state(module: nn.Module, exclude: Sequence[str] = ()) -> tuple[Any, ...]:
+    """The state signature of `module` minus submodules whose name starts with an `exclude` prefix.
 
     Scalar attributes are those of exact type bool, int, float, str or None, or a tuple / list of
     them; other attributes (submodules, hooks, callables) are not part of the signature.
     """
     signature: list[Any] = []
-    tensors: list[torch.Tensor] = []
     prefixes = tuple(exclude)
     for name, m in module.named_modules():
         if prefixes and name.startswith(prefixes):
@@ -84,7 +88,6 @@ def module_state(
             for key, t in group:
                 if key not in skip:
                     entry.append(_tensor_entry(key, t))
-                    tensors.append(t)
         for key, value in vars(m).items():
             kind = type(value)
             if kind in _SCALARS:
@@ -95,9 +98,8 @@ def module_state(
                     entry += (key, tuple(value))
             elif isinstance(value, torch.Tensor) and key not in skip:  # a plain (unregistered) tensor
                 entry.append(_tensor_entry(key, value))
-                tensors.append(value)
         signature.append(tuple(entry))
-    return tuple(signature), tensors
+    return tuple(signature)
 
 
 class PromptFeatureCache:
@@ -105,25 +107,40 @@ class PromptFeatureCache:
 
     ``get(module, request, compute)`` returns ``compute()``, stored under ``request`` (class names,
     templates, mode, ...). Any state change drops every stored request. ``enabled = False`` computes
-    afresh on every call (the reference the cache is tested against).
+    afresh on every call (the reference the cache is tested against). Inside ``with cache.pinned():``
+    the module is taken as unchanged after the first lookup (one evaluation pass).
     """
 
     def __init__(self, enabled: bool = True, exclude: Sequence[str] = ()) -> None:
         self.enabled = enabled
         self.exclude = tuple(exclude)
         self._signature: tuple[Any, ...] | None = None
-        self._refs: list[weakref.ref[torch.Tensor]] = []
         self._features: dict[Hashable, torch.Tensor] = {}
+        self._pins = 0
+        self._pinned: tuple[int, tuple[Any, ...]] | None = None  # (id of the module, its signature)
 
     def clear(self) -> None:
-        self._signature, self._refs, self._features = None, [], {}
+        self._signature, self._features = None, {}
 
-    def _matches(self, signature: tuple[Any, ...], tensors: list[torch.Tensor]) -> bool:
-        return (
-            signature == self._signature
-            and len(tensors) == len(self._refs)
-            and all(ref() is t for ref, t in zip(self._refs, tensors))
-        )
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """A block in which the encoding module does not change (an evaluation pass): its signature
+        is taken once, at the first lookup. Nested blocks share the outermost one's."""
+        self._pins += 1
+        try:
+            yield
+        finally:
+            self._pins -= 1
+            if self._pins == 0:
+                self._pinned = None
+
+    def _state(self, module: nn.Module) -> tuple[Any, ...]:
+        if self._pins and self._pinned is not None and self._pinned[0] == id(module):
+            return self._pinned[1]  # the module is alive (the caller holds it), so its id is its own
+        signature = module_state(module, self.exclude)
+        if self._pins:
+            self._pinned = (id(module), signature)
+        return signature
 
     def get(self, module: nn.Module, request: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         if not self.enabled:
@@ -134,10 +151,10 @@ class PromptFeatureCache:
             torch.is_autocast_enabled(device_type),
             torch.get_autocast_dtype(device_type),
         )
-        signature, tensors = module_state(module, self.exclude)
-        if not self._matches(signature, tensors):
+        signature = self._state(module)
+        if signature != self._signature:
             self.clear()
-            self._signature, self._refs = signature, [weakref.ref(t) for t in tensors]
+            self._signature = signature
         features = self._features.get(request)
         if features is None:
             # keyed on the state before computing: if computing changed state that matters (not

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,10 @@ class SentenceEncoderBackbone:
             return self.embed([templates[0].format(c) for c in classes])
         per_template = torch.stack([self.embed([t.format(c) for c in classes]) for t in templates])
         return F.normalize(per_template.mean(dim=0), dim=-1)
+
+    def evaluation(self) -> AbstractContextManager[None]:
+        """One evaluation pass: the encoder's state is hashed once for the prompt cache (prompt_cache.py)."""
+        return self.prompt_cache.pinned()
 
     def _eval_prompts(self, task: Task) -> torch.Tensor:
         """Evaluation class prompts, kept while nothing the encoder computes with changes (prompt_cache.py)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -40,6 +41,12 @@ def validate_tasks(tasks: Sequence[Task]) -> None:
                         )
 
 
+def _evaluation(backbone: Any) -> AbstractContextManager[Any]:
+    """The backbone's ``evaluation()`` block (optional in the Backbone protocol, tasks.py), else nothing."""
+    scope = getattr(backbone, "evaluation", None)
+    return scope() if scope is not None else nullcontext()
+
+
 @torch.no_grad()
 def evaluate_task(backbone: Any, task: Task, batch_size: int, dist: DistContext = SINGLE) -> float:
     """Score of the current model on `task.test`, in [0, 100].
@@ -51,10 +58,11 @@ def evaluate_task(backbone: Any, task: Task, batch_size: int, dist: DistContext 
     examples = shard(task.test, dist)
     predictions: list[Any] = []
     targets: list[Any] = []
-    for start in range(0, len(examples), batch_size):
-        batch = backbone.collate(examples[start : start + batch_size], task, False)
-        predictions.extend(backbone.predict(batch, task))
-        targets.extend(backbone.targets(batch))
+    with _evaluation(backbone):
+        for start in range(0, len(examples), batch_size):
+            batch = backbone.collate(examples[start : start + batch_size], task, False)
+            predictions.extend(backbone.predict(batch, task))
+            targets.extend(backbone.targets(batch))
     if dist.enabled:
         parts = gather_objects((predictions, targets), dist)
         predictions = [p for preds, _ in parts for p in preds]
@@ -71,8 +79,9 @@ def evaluate_all(
 ) -> list[float]:
     """One row of the accuracy matrix: the score on every task, in stream order."""
     row = []
-    for task in tasks:
-        row.append(evaluate_task(backbone, task, batch_size, dist))
-        if progress is not None:
-            progress(task.name)
+    with _evaluation(backbone):  # one pass over a model that does not change: one prompt-cache key
+        for task in tasks:
+            row.append(evaluate_task(backbone, task, batch_size, dist))
+            if progress is not None:
+                progress(task.name)
     return row

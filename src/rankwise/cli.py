@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the stopped run in RUN_DIR")
     run.add_argument("--overwrite", action="store_true", help="replace a run in the output dir (moved aside)")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-row messages")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the estimated peak memory per GPU (causal-lm; docs/scale.md) and exit: nothing is loaded or written",
+    )
 
     ev = sub.add_parser("eval", help="evaluate a saved run's final checkpoint on chosen tasks")
     ev.add_argument("run_dir")
@@ -106,6 +111,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from rankwise.config_presets import resolve_config
 
     config = load_config(resolve_config(args.config), overrides)
+    if args.dry_run:
+        from rankwise.engine.memory_plan import plan_config, render
+
+        plans, assumptions = plan_config(config)
+        print("\n".join(f"- {line}" for line in assumptions))
+        print(render(plans))
+        notes = sorted({n for p in plans for n in p.notes})
+        print("\n".join(f"note: {n}" for n in notes) + ("\n" if notes else ""), end="")
+        return 0
     try:
         result = run_experiment(
             config,

@@ -122,4 +122,4 @@ def test_memory_estimate_counts_the_bank_only_for_methods_that_grow_one(monkeypa
     for config, grows in ((MoRAMConfig(r=4, target_modules=["0"]), True), (LoRAConfig(r=4, target_modules=["0"]), False)):
         with pytest.raises(ConfigError) as info:
             memory.check_adapter_memory(model, config, 3, torch.device("cpu"))
-        assert ("bank of earlier tasks" in str(info.value)) == grows
+        assert ("kept of earlier tasks" in str(info.value)) == grows

@@ -24,6 +24,18 @@ from rankwise.adapters.presets import TARGET_PRESETS
 from rankwise.errors import CheckpointError, ConfigError, LifecycleError
 
 
+@dataclass(frozen=True)
+class LayerMemory:
+    """One adapted layer's memory (`AdapterConfig.layer_memory`): `trainable` elements (each also has
+    a gradient and two Adam moments of the same size), `kept_bytes` of frozen state that lives for
+    the rest of the run, and `peak_extra_bytes` that may exist at some point (an upper bound, e.g.
+    InfLoRA's input covariance during its collection pass, or its subspace memory at full rank)."""
+
+    trainable: int
+    kept_bytes: int = 0
+    peak_extra_bytes: int = 0
+
+
 @dataclass
 class AdapterConfig:
     """Fields shared by every adapter method (peft's vocabulary)."""
@@ -108,6 +120,16 @@ class AdapterConfig:
     @property
     def scaling(self) -> float:
         return 1.0 if self.lora_alpha is None else float(self.lora_alpha) / self.r
+
+    def layer_memory(self, in_features: int, out_features: int, earlier_tasks: int, element: int) -> LayerMemory:
+        """Memory of this method on one adapted (in_features -> out_features) linear while it trains
+        the task after `earlier_tasks` others, with weights of `element` bytes (memory estimates,
+        engine/memory.py and engine/memory_plan.py). The default: a fresh (A, B) per task,
+        ``r (in + out)`` trainable elements; with `bank_grows_per_task` every earlier task's pair kept.
+        A method file overrides it when its state differs (InfLoRA's subspace memory, O-LoRA's A_i)."""
+        per_task = self.r * (in_features + out_features)
+        kept = per_task * earlier_tasks * element if self.bank_grows_per_task else 0
+        return LayerMemory(trainable=per_task, kept_bytes=kept)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, **asdict(self)}

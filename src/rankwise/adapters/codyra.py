@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankwise.adapters.base import AdapterConfig, AdapterLayer, expect_tensor, kaiming_rows, meta_int_list
+from rankwise.adapters.base import (
+    AdapterConfig,
+    AdapterLayer,
+    LayerMemory,
+    expect_tensor,
+    kaiming_rows,
+    meta_int_list,
+)
 from rankwise.errors import ConfigError
 
 PROX_OPERATORS = ("reference", "soft")
@@ -44,6 +51,12 @@ class CoDyRAConfig(AdapterConfig):
     ramp_steps: int = field(
         default=50, metadata={"help": "number of values k climbs through, linspace(0, k_max)"}
     )
+
+    def layer_memory(self, in_features: int, out_features: int, earlier_tasks: int, element: int) -> LayerMemory:
+        """A fresh (A, B) and r gates per task, merged into W at the task's end; the merged factors of
+        each earlier task are kept for replay (at most r ranks survive, so this is an upper bound)."""
+        per_task = self.r * (in_features + out_features)
+        return LayerMemory(trainable=per_task + self.r, kept_bytes=per_task * earlier_tasks * element)
 
     def __post_init__(self) -> None:
         super().__post_init__()

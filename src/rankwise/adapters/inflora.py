@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise.adapters.base import AdapterStateError, expect_tensor, meta_int
+from rankwise.adapters.base import AdapterStateError, LayerMemory, expect_tensor, meta_int
 from rankwise.adapters.lora import LoRAConfig, LoRALinear
 from rankwise.errors import ConfigError, LifecycleError
 
@@ -81,6 +81,16 @@ class InfLoRAConfig(LoRAConfig):
         default=None,
         metadata={"help": "training batches the engine's collection pass runs per task; None: all (official)"},
     )
+
+    def layer_memory(self, in_features: int, out_features: int, earlier_tasks: int, element: int) -> LayerMemory:
+        """Only B (out x r) trains; A (r x in) is a fixed buffer; each merged task's (A_i, B_i) is kept
+        (merge history). Up to: the float64 input covariance (in x in) of the collection pass plus the
+        subspace memory (in x k, k <= in; at most in x in)."""
+        return LayerMemory(
+            trainable=self.r * out_features,
+            kept_bytes=(self.r * in_features + earlier_tasks * self.r * (in_features + out_features)) * element,
+            peak_extra_bytes=2 * in_features * in_features * 8,
+        )
 
     def __post_init__(self) -> None:
         super().__post_init__()

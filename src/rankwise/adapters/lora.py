@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rankwise.adapters.base import AdapterConfig, AdapterLayer, expect_tensor, kaiming_rows, meta_bool
+from rankwise.adapters.base import (
+    AdapterConfig,
+    AdapterLayer,
+    LayerMemory,
+    expect_tensor,
+    kaiming_rows,
+    meta_bool,
+)
 from rankwise.errors import ConfigError
 
 
@@ -29,6 +36,12 @@ class LoRAConfig(AdapterConfig):
         default=False,
         metadata={"help": "merge into W after each task and start a fresh adapter (else keep training one)"},
     )
+
+    def layer_memory(self, in_features: int, out_features: int, earlier_tasks: int, element: int) -> LayerMemory:
+        """A fresh (A, B) per task when merging; each merged task's (A_i, B_i) is kept (the merge
+        history that a saved adapter replays bit-identically). Sequential LoRA keeps nothing."""
+        per_task = self.r * (in_features + out_features)
+        return LayerMemory(trainable=per_task, kept_bytes=per_task * earlier_tasks * element if self.merge_on_task_end else 0)
 
     def __post_init__(self) -> None:
         super().__post_init__()

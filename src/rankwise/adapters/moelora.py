@@ -32,6 +32,7 @@ from rankwise.adapters.base import (
     AdapterConfig,
     AdapterLayer,
     AdapterStateError,
+    LayerMemory,
     expect_tensor,
     kaiming_rows,
     meta_bool,
@@ -62,6 +63,11 @@ class MoELoRAConfig(AdapterConfig):
     train_old_router_rows: bool = field(
         default=False, metadata={"help": "also train earlier tasks' router rows (else they stay frozen)"}
     )
+
+    def layer_memory(self, in_features: int, out_features: int, earlier_tasks: int, element: int) -> LayerMemory:
+        """Per task an expert (A, B) and a router row (1 x in) train; every earlier expert and row is kept."""
+        per_task = self.r * (in_features + out_features) + in_features
+        return LayerMemory(trainable=per_task, kept_bytes=per_task * earlier_tasks * element)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -33,7 +33,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from rankwise.adapters.base import AdapterConfig, AdapterLayer
+from rankwise.adapters.base import AdapterConfig, AdapterLayer, LayerMemory
 from rankwise.adapters.lora import LoRALinear
 from rankwise.errors import ConfigError
 
@@ -70,6 +70,12 @@ class OLoRAConfig(AdapterConfig):
         default="frobenius",
         metadata={"help": "frobenius: ||A_t||_F + ||B_t||_F (official code); squared: the squared norms"},
     )
+
+    def layer_memory(self, in_features: int, out_features: int, earlier_tasks: int, element: int) -> LayerMemory:
+        """A fresh (A_t, B_t) per task; each earlier task's (A_i, B_i) is kept (A_i for L_orth, both
+        for the merge history that a saved adapter replays)."""
+        per_task = self.r * (in_features + out_features)
+        return LayerMemory(trainable=per_task, kept_bytes=per_task * earlier_tasks * element)
 
     def __post_init__(self) -> None:
         super().__post_init__()

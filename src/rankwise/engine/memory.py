@@ -5,10 +5,11 @@ Both estimates are lower bounds of what a run needs; a run is refused only when 
 exceeds the memory available (``MemAvailable`` of /proc/meminfo, capped by ``RLIMIT_AS``, on CPU;
 ``torch.cuda.mem_get_info`` on CUDA):
 
-* adapters: ``bytes = e * r * sum_l (in_l + out_l) * (4 + (T - 1) [MoRAM])`` over the targeted linear
-  layers ``l`` (q/k/v/out of a targeted nn.MultiheadAttention count as four), with ``e`` the element
-  size of the model's weights: each task's factors, their gradients and two Adam moments, plus for
-  MoRAM the frozen bank of the ``T - 1`` earlier tasks;
+* adapters: ``bytes = sum_l 4 e n_l + k_l`` over the targeted linear layers ``l`` (q/k/v/out of a
+  targeted nn.MultiheadAttention count as four), with ``e`` the element size of the model's weights,
+  ``n_l`` the trainable elements of the task (each with a gradient and two Adam moments) and ``k_l``
+  the bytes kept of the ``T - 1`` earlier tasks, both from the method's `AdapterConfig.layer_memory`
+  (LoRA / CoDyRA: ``n = r (in + out)``, ``k = 0``; MoRAM: ``k = (T - 1) r (in + out) e``);
 * a training micro-batch: ``bytes = B * (b_2 - b_1 + 64)``, where ``b_n`` is the size of the tensors
   `collate` makes from ``n`` examples of the first task (the difference drops per-task parts such as
   class prompts) and 64 bytes per example is the host-side index list. Activations come on top.
@@ -58,8 +59,9 @@ def available_bytes(device: torch.device) -> tuple[int, str]:
     return int(avail), where
 
 
-def adapter_widths(model: nn.Module, adapter_config: Any) -> int:
-    """sum over the layers `adapter_config` targets of (in_features + out_features)."""
+def adapted_shapes(model: nn.Module, adapter_config: Any) -> list[tuple[int, int]]:
+    """(in_features, out_features) of every linear `adapter_config` targets in `model` (q/k/v/out of a
+    targeted nn.MultiheadAttention count as four linears, as the attention split makes them)."""
     from rankwise.adapters.inject import SPLIT_NAMES, matches, resolve_targets
 
     targets = resolve_targets(adapter_config)
@@ -68,35 +70,54 @@ def adapter_widths(model: nn.Module, adapter_config: Any) -> int:
     def wanted(name: str) -> bool:
         return matches(name, targets) and not matches(name, exclude)
 
-    total = 0
+    shapes = []
     for name, module in model.named_modules():
         if isinstance(module, nn.MultiheadAttention):
             e = module.embed_dim
             ins = {"q_proj": e, "k_proj": module.kdim, "v_proj": module.vdim, "out_proj": e}
-            total += sum(ins[c] + e for c in SPLIT_NAMES if wanted(f"{name}.{c}"))
+            shapes += [(ins[c], e) for c in SPLIT_NAMES if wanted(f"{name}.{c}")]
         elif isinstance(module, nn.Linear) and wanted(name):
             parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
             if not isinstance(parent, nn.MultiheadAttention):  # counted with its attention above
-                total += module.in_features + module.out_features
-    return total
+                shapes.append((module.in_features, module.out_features))
+    return shapes
+
+
+def adapter_widths(model: nn.Module, adapter_config: Any) -> int:
+    """sum over the layers `adapter_config` targets of (in_features + out_features)."""
+    return sum(i + o for i, o in adapted_shapes(model, adapter_config))
+
+
+def adapter_bytes(shapes: list[tuple[int, int]], adapter_config: Any, num_tasks: int, element: int) -> tuple[int, int, int]:
+    """(trainable elements, bytes that must exist, bytes that may exist on top) while the last of
+    `num_tasks` tasks trains: each layer's `AdapterConfig.layer_memory`, trainable tensors counted
+    four times (factors, gradients, two Adam moments)."""
+    trainable = need = extra = 0
+    for i, o in shapes:
+        layer = adapter_config.layer_memory(i, o, max(num_tasks, 1) - 1, element)
+        trainable += layer.trainable
+        need += 4 * layer.trainable * element + layer.kept_bytes
+        extra += layer.peak_extra_bytes
+    return trainable, need, extra
 
 
 def check_adapter_memory(model: nn.Module, adapter_config: Any, num_tasks: int, device: torch.device) -> None:
     """Refuse (ConfigError on ``method.r``) adapters whose estimated size exceeds the available memory."""
-    widths = adapter_widths(model, adapter_config)
+    shapes = adapted_shapes(model, adapter_config)
     first = next(model.parameters(), None)
     element = first.element_size() if first is not None else 4
-    grows = getattr(type(adapter_config), "bank_grows_per_task", False)  # MoRAM keeps every task's atoms
-    copies = 4 + (max(num_tasks, 1) - 1 if grows else 0)
-    need = element * adapter_config.r * widths * copies
+    trainable, need, _ = adapter_bytes(shapes, adapter_config, num_tasks, element)
+    kept = need - 4 * trainable * element
     avail, where = available_bytes(device)
     if need > avail:
+        widths = sum(i + o for i, o in shapes)
         raise ConfigError(
             "method.r",
             adapter_config.r,
             f"a rank whose adapters fit in memory: r={adapter_config.r} over layers of total width "
             f"{widths:,} needs at least {need / GIB:,.1f} GiB (factors, gradients and Adam moments"
-            f"{', and the bank of earlier tasks' if copies > 4 else ''}) but {avail / GIB:,.1f} GiB is {where}",
+            f"{f', and {kept / GIB:,.1f} GiB kept of earlier tasks' if kept else ''}) but "
+            f"{avail / GIB:,.1f} GiB is {where}",
         )
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from rankwise.engine.memory import GIB, adapted_shapes, adapter_bytes
+from rankwise.engine.strategy import strategy_for
 
 #: bytes per weight of the decoder's linear layers under each quantization of the base
 QUANT_BYTES = {"none": None, "int8": 1.0, "nf4": 0.5 + 4 / 64}
@@ -181,15 +182,14 @@ def plan_config(config: Any, gpus: tuple[int, ...] = (2, 4, 8)) -> tuple[list[Pl
         raise ConfigError(
             "backbone.name", config.backbone.name, "causal-lm: --dry-run estimates decoder-only language models"
         )
-    if config.method.name == "zero-shot":
-        raise ConfigError("method.name", "zero-shot", "a method that trains (--dry-run estimates training)")
+    strategy = strategy_for(config.method.name)
+    if not strategy.trains:
+        raise ConfigError("method.name", config.method.name, "a method that trains (--dry-run estimates training)")
     bb = config.backbone.config
     folder, gguf = resolve_model_files(bb)
     hf_config = AutoConfig.from_pretrained(folder, **({"gguf_file": gguf} if gguf else {}))
     model = meta_model(hf_config)
-    adapter = None
-    if config.method.name != "full":
-        adapter = config.method.config.with_default_preset("llama")
+    adapter = strategy.adapter_config(config, "llama")
     tasks = getattr(config.scenario.config, "tasks", None)
     num_tasks = len(tasks) if isinstance(tasks, (list, tuple)) and tasks else 1
     element = 2 if bb.dtype == "bfloat16" else 4

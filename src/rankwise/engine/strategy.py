@@ -37,6 +37,11 @@ class RunStrategy:
     def resolve(self, config: RunConfig, backbone: Any) -> None:
         """Fill in what the method section leaves to the backbone (on the engine's own config copy)."""
 
+    def adapter_config(self, config: RunConfig, preset: str) -> Any:
+        """The adapter config this run injects, its target preset defaulting to `preset`; None when
+        the run kind injects no adapter (the memory plan counts every weight then)."""
+        return None
+
     def attach(self, parts: Parts, config: RunConfig, restore_from: Path | None) -> None:
         """Make `parts.model` ready for the run; `restore_from` is a finished task's checkpoint."""
         if restore_from is not None:
@@ -130,7 +135,10 @@ class AdapterMethod(RunStrategy):
 
     def resolve(self, config: RunConfig, backbone: Any) -> None:
         # the one place the backbone's default target preset is filled in (config.py leaves it open)
-        config.method.config = config.method.config.with_default_preset(backbone.default_target_preset)
+        config.method.config = self.adapter_config(config, backbone.default_target_preset)
+
+    def adapter_config(self, config: RunConfig, preset: str) -> Any:
+        return config.method.config.with_default_preset(preset)
 
     def attach(self, parts: Parts, config: RunConfig, restore_from: Path | None) -> None:
         adapter_config = config.method.config

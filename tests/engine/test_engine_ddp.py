@@ -187,3 +187,49 @@ def test_two_processes_sum_moram_activation_counts_over_ranks(tmp_path, monkeypa
                 assert a["tokens_seen"] == b["tokens_seen"] > 0  # both shards counted (one alone: half)
             # nearly the same weights (summation order only): nearly the same routing rates
             assert a["activation_rate_per_task"] == pytest.approx(b["activation_rate_per_task"], abs=0.02)
+
+
+@pytest.mark.parametrize("method", ["olora", "inflora", "moe-lora"])
+def test_two_processes_train_the_rival_methods_as_one_process(method, tmp_path, monkeypatch):
+    """O-LoRA (extra loss), InfLoRA (task-input pass, B only) and MoE-LoRA (router rows, experts) under
+    two processes: the gradient averaging covers every trainable tensor they create, and InfLoRA's
+    collection pass designs the same A on every rank. If a tensor were left out of the averaging,
+    rank 0 would train on its half batch only and its adapters would differ from one process's by far
+    more than the summation-order tolerance (same reasoning as the module docstring)."""
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    from rankwise.backbones.toy import ToyBackbone
+
+    data = toy_dict(method, iterations=6, checkpoint_every=6, log_every=2)
+    # no dropout: masks are drawn per process from its shard, so they differ from one process's draw
+    # by design (O-LoRA's official default is 0.1)
+    data["method"]["lora_dropout"] = 0.0
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    two = _torchrun(tmp_path, tmp_path / "ddp")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert _audits(tmp_path) == []  # rank 1 wrote nothing
+
+    def per_example_loss(self, batch, task):  # the objective the two processes train (ddp_entry.py)
+        logits = self.model(batch["tokens"], batch["class_tokens"]).float()
+        return F.cross_entropy(logits, batch["labels"])
+
+    monkeypatch.setattr(ToyBackbone, "loss", per_example_loss)
+    one = run_experiment(config_from_dict(data), tmp_path / "one", quiet=True)
+    last = sorted((one.run_dir / "checkpoints").iterdir())[-1].name
+    a = load_file(tmp_path / "ddp" / "checkpoints" / last / "adapter_model.safetensors")
+    b = load_file(one.run_dir / "checkpoints" / last / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and len(a) > 0
+    moved = 0
+    for key in a:
+        # Adam divides by sqrt(v): an element whose gradient is ~0 can move by ~lr on a summation-order
+        # difference, so allow a few such elements; a tensor left out of the averaging moves them all
+        far = ~torch.isclose(a[key], b[key], rtol=1e-3, atol=1e-4)
+        assert far.float().mean() <= 0.01, f"{key}: {int(far.sum())} of {far.numel()} elements differ"
+        assert (a[key] - b[key]).norm() <= 1e-2 * b[key].norm() + 1e-6, key
+        moved += int(not torch.equal(a[key], torch.zeros_like(a[key])))
+    assert moved > 0  # trained tensors were compared, not only zeros
+    two_matrix = np.asarray(json.loads((tmp_path / "ddp" / "accuracy_matrix.json").read_text())["matrix"])
+    assert np.abs(two_matrix - one.accuracy_matrix).max() <= ONE_EXAMPLE + 1e-9
+    s1, s2 = _steps(one.run_dir), _steps(tmp_path / "ddp")
+    np.testing.assert_allclose([s[2] for s in s2], [s[2] for s in s1], rtol=1e-4)

@@ -1,5 +1,8 @@
 """The adapter folder on disk: ``adapter_config.json``, ``adapter_model.safetensors``, ``checksums.json``.
 
+The weights file holds each adapted layer's tensors as ``"<layer>::<key>"`` and, with
+`AdapterConfig.modules_to_save`, each saved module's state as ``"<module>::<key>"`` (adapters/saved_modules.py).
+
 Writing: both files atomically (through `rankwise.io`), then ``checksums.json`` = {file name: SHA-256}
 (the same format the engine's task checkpoints use, so either writer's list verifies either folder).
 Reading: every check runs before the caller touches a model: the checksums when the list is present
@@ -94,8 +97,12 @@ def _field_error(path: Path, field: str, value: Any, expected: str) -> Checkpoin
 
 def read_header(directory: Path) -> dict[str, Any]:
     """adapter_config.json, checked: format, version, and the types of config / tasks / current_task / layers."""
+    return check_header(io.read_json(directory / CONFIG_FILE), directory)
+
+
+def check_header(saved: Any, directory: Path) -> dict[str, Any]:
+    """The checks of `read_header` on a header already in memory (e.g. kept inside a Lightning checkpoint)."""
     path = directory / CONFIG_FILE
-    saved = io.read_json(path)
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found a JSON {type(saved).__name__}")
     if saved.get("format") != FORMAT:
@@ -120,14 +127,24 @@ def read_header(directory: Path) -> dict[str, Any]:
     for name, meta in layers.items():
         if not isinstance(meta, dict):
             raise _field_error(path, f"layers[{name!r}]", meta, "a JSON object of layer metadata")
+    heads = saved.get("modules_to_save", {})  # absent in folders written before modules_to_save existed
+    if not isinstance(heads, dict) or not all(
+        isinstance(keys, list) and all(isinstance(k, str) for k in keys) for keys in heads.values()
+    ):
+        raise _field_error(path, "modules_to_save", heads, "a JSON object of module name -> list of tensor names")
     return saved
 
 
 def read_tensors(directory: Path) -> dict[str, dict[str, torch.Tensor]]:
     """{layer name: {key: tensor}} from adapter_model.safetensors; a NaN or inf anywhere is refused."""
+    return group_tensors(io.load_tensors(directory / WEIGHTS_FILE), directory)
+
+
+def group_tensors(flat: dict[str, torch.Tensor], directory: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """{"layer::key": tensor} -> {layer: {key: tensor}}; a NaN or inf anywhere is refused."""
     path = directory / WEIGHTS_FILE
     by_layer: dict[str, dict[str, torch.Tensor]] = {}
-    for full_key, tensor in io.load_tensors(path).items():
+    for full_key, tensor in flat.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise CheckpointError(

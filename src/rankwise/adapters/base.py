@@ -77,6 +77,14 @@ class AdapterConfig:
             "None: False, or what MoRAM's `compat` picks"
         },
     )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "modules trained in full next to the adapters and saved with them, e.g. a new "
+            "classification head: ['classifier'] (BERT), ['score'] (LLaMA); a name matches itself or any "
+            "name ending in '.name'"
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
@@ -103,6 +111,14 @@ class AdapterConfig:
                 not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value)
             ):
                 raise ConfigError(name, value, "a non-empty list of module names, a regex string, or None")
+        if isinstance(self.modules_to_save, tuple):
+            self.modules_to_save = list(self.modules_to_save)
+        if self.modules_to_save is not None and (
+            not isinstance(self.modules_to_save, list)
+            or not self.modules_to_save
+            or not all(isinstance(v, str) and v for v in self.modules_to_save)
+        ):
+            raise ConfigError("modules_to_save", self.modules_to_save, "a non-empty list of module names, or None")
         if self.keep_optimizer is None:
             self.keep_optimizer = False
         if not isinstance(self.keep_optimizer, bool):

@@ -21,16 +21,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from rankwise import io
 from rankwise._version import __version__
-from rankwise.adapters import adapter_files
+from rankwise.adapters import adapter_files, saved_modules
 from rankwise.adapters.adapter_files import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE  # noqa: F401
 from rankwise.adapters.attention import SplitMultiheadAttention
 from rankwise.adapters.base import AdapterConfig, AdapterLayer, AdapterStateError
+from rankwise.adapters.forward import SignatureForward
 from rankwise.adapters.inject import ModelEdit, inject_adapters, set_submodule, transaction
 from rankwise.adapters.methods import CONFIG_CLASSES, get_method, method_names, method_of
 from rankwise.errors import CheckpointError, ConfigError, LifecycleError, RankwiseError
 
-__all__ = ["CONFIG_CLASSES", "RankwiseModel", "adapter_config_from_dict", "get_model", "load_model"]
+__all__ = [
+    "CONFIG_CLASSES", "RankwiseModel", "adapter_config_from_dict", "get_model", "load_model", "load_model_from_payload"
+]  # fmt: skip
 
 
 def adapter_config_from_dict(data: dict[str, Any]) -> AdapterConfig:
@@ -65,7 +69,9 @@ def get_model(model: nn.Module, config: AdapterConfig) -> RankwiseModel:
 
 def _inject(model: nn.Module, config: AdapterConfig, edit: ModelEdit) -> dict[str, AdapterLayer]:
     edit.freeze_all()
-    return inject_adapters(model, config, edit)
+    layers = inject_adapters(model, config, edit)
+    saved_modules.make_trainable(saved_modules.resolve(model, config.modules_to_save, layers))
+    return layers
 
 
 class RankwiseModel(nn.Module):
@@ -86,9 +92,11 @@ class RankwiseModel(nn.Module):
         return self.layer_class.mergeable
 
     # -- plumbing --------------------------------------------------------------------------------
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def _plain_forward(self, *args: Any, **kwargs: Any) -> Any:
         self._check_usable()
         return self.base_model(*args, **kwargs)
+
+    forward = SignatureForward()  # calls the wrapped model, with its signature (adapters/forward.py)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -98,6 +106,10 @@ class RankwiseModel(nn.Module):
 
     def adapter_layers(self) -> dict[str, AdapterLayer]:
         return {n: m for n, m in self.base_model.named_modules() if isinstance(m, AdapterLayer)}
+
+    def saved_modules(self) -> dict[str, nn.Module]:
+        """{name: module} of `AdapterConfig.modules_to_save`: trained in full, saved with the adapter."""
+        return saved_modules.resolve(self.base_model, self.config.modules_to_save, self.adapter_layers())
 
     def _check_usable(self) -> None:
         if self._unloaded:
@@ -212,7 +224,12 @@ class RankwiseModel(nn.Module):
 
     # -- parameters and reports -----------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for layer in self.adapter_layers().values() for p in layer.trainable_parameters()]
+        """The adapters' trainable factors, then the parameters of `saved_modules` (e.g. a head)."""
+        params = [p for layer in self.adapter_layers().values() for p in layer.trainable_parameters()]
+        seen = {id(p) for p in params}
+        for module in self.saved_modules().values():
+            params += [p for p in module.parameters() if p.requires_grad and id(p) not in seen and not seen.add(id(p))]
+        return params
 
     def print_trainable_parameters(self) -> None:
         trainable = sum(p.numel() for p in self.trainable_parameters())
@@ -260,14 +277,22 @@ class RankwiseModel(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write adapter_config.json, adapter_model.safetensors (atomically) and checksums.json
         (their SHA-256, verified by `load_model`) into `directory`."""
+        header, tensors = self.adapter_payload()
+        adapter_files.write_adapter_folder(Path(directory), header, tensors)
+        return Path(directory)
+
+    def adapter_payload(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """What `save_pretrained` writes, in memory: (adapter_config.json's content, the tensors of
+        adapter_model.safetensors); `load_model_from_payload` reads it back (Lightning checkpoints)."""
         self._check_usable()
-        directory = Path(directory)
         layers_meta: dict[str, Any] = {}
         tensors: dict[str, torch.Tensor] = {}
         for name, layer in self.adapter_layers().items():
             meta, layer_tensors = layer.adapter_state()
             layers_meta[name] = meta
             tensors.update({f"{name}::{key}": t for key, t in layer_tensors.items()})
+        modules_meta, module_tensors = saved_modules.state(self.saved_modules())
+        tensors.update(module_tensors)
         header = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -277,9 +302,38 @@ class RankwiseModel(nn.Module):
             "tasks": self.tasks,
             "current_task": self.current_task,
             "layers": layers_meta,
+            "modules_to_save": modules_meta,
         }
-        adapter_files.write_adapter_folder(directory, header, tensors)
-        return directory
+        return header, tensors
+
+    def load_adapter(self, directory: str | os.PathLike[str]) -> None:
+        """Restore a folder written by `save_pretrained` into this model, in place: the model must be as
+        `get_model` returned it (no task begun) and built with the same config (inference options may
+        differ: the saved ones are taken). Resuming a run keeps the model object (an optimizer or a
+        trainer holding it); `load_model` builds a new wrapper instead. Checks as `load_model`; a
+        refusal changes nothing."""
+        self._check_usable()
+        fresh = all(not layer.task_active and not layer.merged_tasks for layer in self.adapter_layers().values())
+        if self.tasks or self.current_task is not None or not fresh:
+            raise LifecycleError(
+                f"load_adapter() needs a model fresh from get_model (no task begun); this one has tasks "
+                f"{self.tasks} and current task {self.current_task!r}; use load_model(fresh_base, folder)"
+            )
+        directory = Path(directory)
+        saved, tensors, config = _read_folder(directory)
+        ours, theirs = self.config.to_dict(), config.to_dict()
+        differs = [k for k in ours if k not in type(config).inference_options and ours[k] != theirs.get(k)]
+        if differs:
+            raise CheckpointError(
+                f"{directory / CONFIG_FILE}: field config.{differs[0]}={theirs.get(differs[0])!r} differs from "
+                f"this model's {ours[differs[0]]!r}; build the model with the saved config, or use load_model"
+            )
+        with transaction(self.base_model) as edit:
+            _restore(directory, self.base_model, self.adapter_layers(), config, saved, tensors, edit)
+        if config != self.config:
+            self.set_inference_options(**{k: theirs[k] for k in type(config).inference_options})
+        self.tasks = list(saved["tasks"])
+        self.current_task = saved["current_task"]
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, directory: str | os.PathLike[str]) -> RankwiseModel:
@@ -288,8 +342,8 @@ class RankwiseModel(nn.Module):
 
 
 def load_model(model: nn.Module, directory: str | os.PathLike[str]) -> RankwiseModel:
-    """Inject and restore a saved adapter (config, task history, merged factors, bank, live adapter)
-    into a fresh copy of the base model it was trained from.
+    """Inject and restore a saved adapter (config, task history, merged factors, bank, live adapter,
+    `modules_to_save`) into a fresh copy of the base model it was trained from.
 
     Everything is checked before `model` is touched: checksums.json (when present), the structure
     and types of adapter_config.json, every tensor finite, and every tensor's shape against the layer
@@ -298,33 +352,70 @@ def load_model(model: nn.Module, directory: str | os.PathLike[str]) -> RankwiseM
     base weights are restored from a CPU copy taken before the merge).
     """
     directory = Path(directory)
-    adapter_files.verify_checksums(directory)
-    saved = adapter_files.read_header(directory)
-    tensors = adapter_files.read_tensors(directory)
+    return _load_into(model, directory, *_read_folder(directory))
+
+
+def load_model_from_payload(
+    model: nn.Module, header: dict[str, Any], tensors: dict[str, torch.Tensor], origin: str = "<memory>"
+) -> RankwiseModel:
+    """`load_model` from `RankwiseModel.adapter_payload()` kept in memory (same checks; `origin` names
+    where it came from in error messages, e.g. a Lightning checkpoint file)."""
+    directory = Path(origin)
+    return _load_into(model, directory, *_check_payload(directory, header, tensors))
+
+
+def _check_payload(
+    directory: Path, header: Any, flat: dict[str, torch.Tensor]
+) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], AdapterConfig]:
+    saved = adapter_files.check_header(header, directory)
+    tensors = adapter_files.group_tensors(flat, directory)
     try:
         config = adapter_config_from_dict(saved["config"])
     except (ConfigError, TypeError, ValueError) as exc:
         raise adapter_files.config_error(directory, exc) from exc
+    return saved, tensors, config
+
+
+def _load_into(
+    model: nn.Module, directory: Path, saved: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]],
+    config: AdapterConfig,
+) -> RankwiseModel:  # fmt: skip
     with transaction(model) as edit:
         layers = _inject(model, config, edit)
-        if set(layers) != set(saved["layers"]):
-            missing = sorted(set(saved["layers"]) - set(layers))[:5]
-            extra = sorted(set(layers) - set(saved["layers"]))[:5]
-            raise CheckpointError(
-                f"adapter in {directory} does not fit this model: saved layers missing here {missing}, "
-                f"layers here not in the save {extra}"
-            )
-        for name, layer in layers.items():  # every check before the first merge into a base weight
-            try:
-                layer.check_adapter_state(saved["layers"][name], tensors.get(name, {}))
-            except AdapterStateError as exc:
-                raise adapter_files.layer_state_error(directory, name, exc) from None
-        for name, layer in layers.items():
-            if saved["layers"][name]["merged_tasks"]:
-                edit.before_write(layer.base_layer.weight)
-            layer.load_adapter_state(saved["layers"][name], tensors.get(name, {}))
+        _restore(directory, model, layers, config, saved, tensors, edit)
     wrapped = RankwiseModel(model, config)
     wrapped.tasks = list(saved["tasks"])
     wrapped.current_task = saved["current_task"]
     return wrapped
 
+
+def _read_folder(directory: Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], AdapterConfig]:
+    adapter_files.verify_checksums(directory)
+    header = io.read_json(directory / CONFIG_FILE)
+    return _check_payload(directory, header, io.load_tensors(directory / WEIGHTS_FILE))
+
+
+def _restore(
+    directory: Path, model: nn.Module, layers: dict[str, AdapterLayer], config: AdapterConfig,
+    saved: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]], edit: ModelEdit,
+) -> None:  # fmt: skip
+    """Load a read folder into freshly injected `layers`: every check first, then the writes."""
+    if set(layers) != set(saved["layers"]):
+        missing = sorted(set(saved["layers"]) - set(layers))[:5]
+        extra = sorted(set(layers) - set(saved["layers"]))[:5]
+        raise CheckpointError(
+            f"adapter in {directory} does not fit this model: saved layers missing here {missing}, "
+            f"layers here not in the save {extra}"
+        )
+    for name, layer in layers.items():  # every check before the first merge into a base weight
+        try:
+            layer.check_adapter_state(saved["layers"][name], tensors.get(name, {}))
+        except AdapterStateError as exc:
+            raise adapter_files.layer_state_error(directory, name, exc) from None
+    heads = saved_modules.resolve(model, config.modules_to_save, layers)
+    saved_modules.check_state(directory, heads, saved.get("modules_to_save"), tensors)
+    for name, layer in layers.items():
+        if saved["layers"][name]["merged_tasks"]:
+            edit.before_write(layer.base_layer.weight)
+        layer.load_adapter_state(saved["layers"][name], tensors.get(name, {}))
+    saved_modules.load_state(heads, tensors, edit)

@@ -61,6 +61,10 @@ class TrainConfig:
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast for forward passes"})
     log_every: int = field(default=10, metadata={"help": "optimizer steps between logged events"})
     checkpoint_every: int = field(default=50, metadata={"help": "steps between resumable snapshots"})
+    compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the model's repeated blocks (from the first task on, recompiled per task)"},
+    )
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "grad_accumulation", "log_every", "checkpoint_every"):

@@ -151,7 +151,7 @@ class MoRAMLinear(AdapterLayer):
     )
     records_activations = True
     #: state that only counts activations and never changes an output; prompt-feature caches ignore it
-    statistics_state = ("atom_hits", "tokens_seen", "track_activations")
+    statistics_state = ("atom_hits", "tokens_count", "track_activations")
 
     def __init__(self, base_layer: nn.Linear, config: MoRAMConfig) -> None:
         super().__init__(base_layer, config)
@@ -170,7 +170,11 @@ class MoRAMLinear(AdapterLayer):
         self.register_buffer(
             "atom_hits", torch.zeros(0, dtype=torch.float64, device=like.device), persistent=False
         )
-        self.tokens_seen = 0
+        # a tensor, not a Python int: torch.compile guards on integer attributes, so an int counter
+        # would recompile the layer at every tracked evaluation batch
+        self.register_buffer(
+            "tokens_count", torch.zeros((), dtype=torch.int64, device=like.device), persistent=False
+        )
 
     @property
     def bank_B(self) -> torch.Tensor:
@@ -180,6 +184,15 @@ class MoRAMLinear(AdapterLayer):
     @bank_B.setter
     def bank_B(self, value: torch.Tensor) -> None:
         self.bank_BT = value.t().contiguous()
+
+    @property
+    def tokens_seen(self) -> int:
+        """Tokens counted since `reset_activation_stats` (evaluation forwards with tracking on)."""
+        return int(self.tokens_count)
+
+    @tokens_seen.setter
+    def tokens_seen(self, value: int) -> None:
+        self.tokens_count.fill_(int(value))
 
     @property
     def num_atoms(self) -> int:
@@ -243,7 +256,7 @@ class MoRAMLinear(AdapterLayer):
         p = self._key_responses(flat)
         num_atoms = p.shape[-1]
         k = min(self.budget, num_atoms)
-        if k < self.budget:
+        if k < self.budget and not torch.compiler.is_compiling():  # a Python warning would break the graph
             _warn_budget(self.budget, num_atoms)
         norm = torch.linalg.vector_norm(p, dim=-1, keepdim=True).clamp_min(1e-12)
         fuse = out is not None and out.dtype == dtype
@@ -277,7 +290,7 @@ class MoRAMLinear(AdapterLayer):
             self.atom_hits = hits
         flat = w.reshape(-1, w.shape[-1])
         self.atom_hits += (flat > 0).sum(0).double()
-        self.tokens_seen += flat.shape[0]
+        self.tokens_count += flat.shape[0]
 
     def reset_activation_stats(self) -> None:
         self.atom_hits = torch.zeros(self.num_atoms, dtype=torch.float64, device=self.bank_A.device)

@@ -36,6 +36,7 @@ from rankwise.engine.build import (  # noqa: F401  (build_parts, save_task_check
     checkpoint_dir,
     save_task_checkpoint,
 )
+from rankwise.engine.compiled import compile_model
 from rankwise.engine.device import derived_seed, seed_everything
 from rankwise.engine.evaluate import evaluate_all
 from rankwise.engine.results import RunResult, ensure_metrics, load_result
@@ -148,6 +149,8 @@ def _run_task(run: RunState, parts: Parts, tasks: list[Task], index: int, start_
     cfg, task, strategy = task_train_config(run.config.train, tasks[index]), tasks[index], parts.strategy
     strategy.collect_task_inputs(parts.model, parts.backbone, task, cfg.batch_size)  # InfLoRA designs A
     strategy.begin_task(parts.model, task.name)
+    if cfg.compile:  # after begin_task, so the task's adapter tensors exist (engine/compiled.py)
+        compile_model(parts.backbone.model)
     params = strategy.trainable(parts.model)
     optimizer, scheduler, keep = _optimizer(run, parts, params, cfg, start_iter, saved)
     bar = run.progress(cfg.iterations, f"task {index + 1}/{len(tasks)} {task.name}", initial=start_iter)

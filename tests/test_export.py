@@ -242,3 +242,36 @@ def test_existing_out_folder_needs_overwrite(tmp_path: Path, capsys) -> None:
     assert "--overwrite" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep"
     assert main(["export", str(run_dir), "--to", "rankwise", "--out", str(out), "--overwrite"]) == 0
     assert not (out / "mine.txt").exists() and (out / "adapter_config.json").is_file()
+
+
+def test_peft_export_carries_a_fully_trained_head(tmp_path: Path) -> None:
+    """`modules_to_save` (a classifier head trained in full) is exported as peft's ``modules_to_save``:
+    peft's own loader gives the logits of the rankwise model, head and merged CoDyRA delta both."""
+    from rankwise import CoDyRAConfig, export_peft, get_model
+
+    cfg = transformers.BertConfig(vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=32, num_labels=3)  # fmt: skip
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path / "base")
+
+    def fresh():
+        return transformers.BertForSequenceClassification.from_pretrained(tmp_path / "base").eval()
+
+    model = get_model(fresh(), CoDyRAConfig(r=4, preset="bert", modules_to_save=["classifier"]))
+    model.begin_task("t")
+    with torch.no_grad():  # move every trained tensor off its init (B = 0 and an untouched head hide errors)
+        for p in model.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    model.end_task()
+    ids = torch.tensor([[2, 5, 6, 7, 3], [2, 9, 10, 3, 0]])
+    mask = (ids != 0).long()
+    model.eval()
+    want = model(input_ids=ids, attention_mask=mask).logits
+    assert not torch.allclose(want, fresh()(input_ids=ids, attention_mask=mask).logits, atol=1e-3)
+
+    out = export_peft(model, tmp_path / "peft", task_type="SEQ_CLS")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["classifier"]
+    loaded = peft.PeftModel.from_pretrained(fresh(), out).eval()
+    got = loaded(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

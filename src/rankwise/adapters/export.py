@@ -37,9 +37,13 @@ def delta_state_dict(model: RankwiseModel) -> dict[str, torch.Tensor]:
 
 
 def peft_lora_config(
-    ranks: dict[str, int], base_model_name_or_path: str | None = None, task_type: str | None = None
+    ranks: dict[str, int],
+    base_model_name_or_path: str | None = None,
+    task_type: str | None = None,
+    modules_to_save: list[str] | None = None,
 ) -> Any:
-    """A ``peft.LoraConfig`` for stacked factors of rank ``ranks[layer]``, scaling alpha / r = 1 per layer.
+    """A ``peft.LoraConfig`` for stacked factors of rank ``ranks[layer]``, scaling alpha / r = 1 per layer,
+    and the fully trained `modules_to_save` (e.g. a classifier head).
 
     Built by peft itself (its ``__post_init__`` validates), so the written JSON is peft's own schema.
     """
@@ -58,6 +62,7 @@ def peft_lora_config(
         alpha_pattern=dict(ranks),
         base_model_name_or_path=base_model_name_or_path,
         task_type=task_type,
+        modules_to_save=modules_to_save or None,
         inference_mode=True,
     )
 
@@ -74,6 +79,8 @@ def export_peft(
     Load it with ``peft.PeftModel.from_pretrained(fresh_base_model, directory)``. `base_model_name_or_path`
     (a Hub id or folder) and `task_type` (a ``peft.TaskType`` name such as ``"FEATURE_EXTRACTION"`` or
     ``"CAUSAL_LM"``) fill the config's fields of the same names (``AutoPeftModel`` needs both).
+    The model's `modules_to_save` (a head trained in full) become peft's ``modules_to_save``, their
+    tensors stored under the names peft saves them with (``base_model.model.<module>.<tensor>``).
     """
     if model.current_task is not None:
         raise LifecycleError(
@@ -98,12 +105,16 @@ def export_peft(
             "nothing has been merged yet: finish at least one task with surviving ranks first"
         )
     ranks = {name: int(A.shape[0]) for name, (A, _) in factors.items()}
-    config = peft_lora_config(ranks, base_model_name_or_path, task_type).to_dict()
+    heads = model.saved_modules()
+    config = peft_lora_config(ranks, base_model_name_or_path, task_type, sorted(heads)).to_dict()
     config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}  # as peft writes sets
     tensors = {}
     for name, (A, B) in factors.items():
         tensors[f"base_model.model.{name}.lora_A.weight"] = A.contiguous()
         tensors[f"base_model.model.{name}.lora_B.weight"] = B.contiguous()
+    for name, module in heads.items():
+        for key, value in module.state_dict().items():
+            tensors[f"base_model.model.{name}.{key}"] = value.detach().contiguous()
     directory = Path(directory)
     check_folder_target(directory)
     io.save_tensors(directory / WEIGHTS_FILE, tensors, metadata={"format": "pt"})  # peft reads the same names

@@ -21,36 +21,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from rankwise import io
 from rankwise._version import __version__
 from rankwise.adapters import adapter_files, saved_modules
 from rankwise.adapters.adapter_files import CONFIG_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE  # noqa: F401
 from rankwise.adapters.attention import SplitMultiheadAttention
-from rankwise.adapters.base import AdapterConfig, AdapterLayer, AdapterStateError
+from rankwise.adapters.base import AdapterConfig, AdapterLayer
 from rankwise.adapters.forward import SignatureForward
-from rankwise.adapters.inject import ModelEdit, inject_adapters, set_submodule, transaction
+from rankwise.adapters.inject import set_submodule, transaction
 from rankwise.adapters.methods import CONFIG_CLASSES, get_method, method_names, method_of
+from rankwise.adapters.restore import adapter_config_from_dict, check_payload, inject, read_folder, restore
 from rankwise.errors import CheckpointError, ConfigError, LifecycleError, RankwiseError
 
 __all__ = [
     "CONFIG_CLASSES", "RankwiseModel", "adapter_config_from_dict", "get_model", "load_model", "load_model_from_payload"
 ]  # fmt: skip
-
-
-def adapter_config_from_dict(data: dict[str, Any]) -> AdapterConfig:
-    """Build the config of a registered method (adapters/methods.py) from ``{"method": ..., **fields}``."""
-    if not isinstance(data, dict):
-        raise ConfigError("method", data, "a mapping of adapter settings with a 'method' key")
-    data = dict(data)
-    cls = get_method(data.pop("method", None)).config
-    unknown = sorted(set(data) - set(cls.field_names()))
-    if unknown:
-        raise ConfigError(
-            f"method.{unknown[0]}",
-            data[unknown[0]],
-            f"a field of {cls.__name__}: {', '.join(cls.field_names())}",
-        )
-    return cls(**data)
 
 
 def get_model(model: nn.Module, config: AdapterConfig) -> RankwiseModel:
@@ -63,15 +47,8 @@ def get_model(model: nn.Module, config: AdapterConfig) -> RankwiseModel:
         raise TypeError(f"config must be an adapter config ({names}), got {type(config).__name__}")
     method_of(config)  # a registered method, before the model is touched
     with transaction(model) as edit:
-        _inject(model, config, edit)
+        inject(model, config, edit)
     return RankwiseModel(model, config)
-
-
-def _inject(model: nn.Module, config: AdapterConfig, edit: ModelEdit) -> dict[str, AdapterLayer]:
-    edit.freeze_all()
-    layers = inject_adapters(model, config, edit)
-    saved_modules.make_trainable(saved_modules.resolve(model, config.modules_to_save, layers))
-    return layers
 
 
 class RankwiseModel(nn.Module):
@@ -320,7 +297,7 @@ class RankwiseModel(nn.Module):
                 f"{self.tasks} and current task {self.current_task!r}; use load_model(fresh_base, folder)"
             )
         directory = Path(directory)
-        saved, tensors, config = _read_folder(directory)
+        saved, tensors, config = read_folder(directory)
         ours, theirs = self.config.to_dict(), config.to_dict()
         differs = [k for k in ours if k not in type(config).inference_options and ours[k] != theirs.get(k)]
         if differs:
@@ -329,7 +306,7 @@ class RankwiseModel(nn.Module):
                 f"this model's {ours[differs[0]]!r}; build the model with the saved config, or use load_model"
             )
         with transaction(self.base_model) as edit:
-            _restore(directory, self.base_model, self.adapter_layers(), config, saved, tensors, edit)
+            restore(directory, self.base_model, self.adapter_layers(), config, saved, tensors, edit)
         if config != self.config:
             self.set_inference_options(**{k: theirs[k] for k in type(config).inference_options})
         self.tasks = list(saved["tasks"])
@@ -352,7 +329,7 @@ def load_model(model: nn.Module, directory: str | os.PathLike[str]) -> RankwiseM
     base weights are restored from a CPU copy taken before the merge).
     """
     directory = Path(directory)
-    return _load_into(model, directory, *_read_folder(directory))
+    return _load_into(model, directory, *read_folder(directory))
 
 
 def load_model_from_payload(
@@ -361,19 +338,7 @@ def load_model_from_payload(
     """`load_model` from `RankwiseModel.adapter_payload()` kept in memory (same checks; `origin` names
     where it came from in error messages, e.g. a Lightning checkpoint file)."""
     directory = Path(origin)
-    return _load_into(model, directory, *_check_payload(directory, header, tensors))
-
-
-def _check_payload(
-    directory: Path, header: Any, flat: dict[str, torch.Tensor]
-) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], AdapterConfig]:
-    saved = adapter_files.check_header(header, directory)
-    tensors = adapter_files.group_tensors(flat, directory)
-    try:
-        config = adapter_config_from_dict(saved["config"])
-    except (ConfigError, TypeError, ValueError) as exc:
-        raise adapter_files.config_error(directory, exc) from exc
-    return saved, tensors, config
+    return _load_into(model, directory, *check_payload(directory, header, tensors))
 
 
 def _load_into(
@@ -381,41 +346,9 @@ def _load_into(
     config: AdapterConfig,
 ) -> RankwiseModel:  # fmt: skip
     with transaction(model) as edit:
-        layers = _inject(model, config, edit)
-        _restore(directory, model, layers, config, saved, tensors, edit)
+        layers = inject(model, config, edit)
+        restore(directory, model, layers, config, saved, tensors, edit)
     wrapped = RankwiseModel(model, config)
     wrapped.tasks = list(saved["tasks"])
     wrapped.current_task = saved["current_task"]
     return wrapped
-
-
-def _read_folder(directory: Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]], AdapterConfig]:
-    adapter_files.verify_checksums(directory)
-    header = io.read_json(directory / CONFIG_FILE)
-    return _check_payload(directory, header, io.load_tensors(directory / WEIGHTS_FILE))
-
-
-def _restore(
-    directory: Path, model: nn.Module, layers: dict[str, AdapterLayer], config: AdapterConfig,
-    saved: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]], edit: ModelEdit,
-) -> None:  # fmt: skip
-    """Load a read folder into freshly injected `layers`: every check first, then the writes."""
-    if set(layers) != set(saved["layers"]):
-        missing = sorted(set(saved["layers"]) - set(layers))[:5]
-        extra = sorted(set(layers) - set(saved["layers"]))[:5]
-        raise CheckpointError(
-            f"adapter in {directory} does not fit this model: saved layers missing here {missing}, "
-            f"layers here not in the save {extra}"
-        )
-    for name, layer in layers.items():  # every check before the first merge into a base weight
-        try:
-            layer.check_adapter_state(saved["layers"][name], tensors.get(name, {}))
-        except AdapterStateError as exc:
-            raise adapter_files.layer_state_error(directory, name, exc) from None
-    heads = saved_modules.resolve(model, config.modules_to_save, layers)
-    saved_modules.check_state(directory, heads, saved.get("modules_to_save"), tensors)
-    for name, layer in layers.items():
-        if saved["layers"][name]["merged_tasks"]:
-            edit.before_write(layer.base_layer.weight)
-        layer.load_adapter_state(saved["layers"][name], tensors.get(name, {}))
-    saved_modules.load_state(heads, tensors, edit)

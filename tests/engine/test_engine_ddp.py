@@ -233,3 +233,84 @@ def test_two_processes_train_the_rival_methods_as_one_process(method, tmp_path, 
     assert np.abs(two_matrix - one.accuracy_matrix).max() <= ONE_EXAMPLE + 1e-9
     s1, s2 = _steps(one.run_dir), _steps(tmp_path / "ddp")
     np.testing.assert_allclose([s[2] for s in s2], [s[2] for s in s1], rtol=1e-4)
+
+
+def test_task_ddp_is_pytorch_ddp_averaging_on_the_last_micro_batch_only(tmp_path):
+    """`TaskDDP` under 2 gloo processes: DistributedDataParallel does the work; a no_sync micro-batch
+    leaves the local gradient; the last one leaves the mean over ranks of the accumulated gradients,
+    computed here by hand from each rank's own inputs; an unused trainable tensor keeps no gradient."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "tests" / "engine" / "ddp_task_entry.py"), str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert seen[0]["wrapped"] == "DistributedDataParallel"
+    refusal = torch.load(tmp_path / "refusal0.pt", weights_only=True)
+    assert "not the model's" in refusal and "trainable" in refusal
+
+    # the reference: the same model and inputs in one process, gradients by autograd per rank
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    model[0].bias.requires_grad_(False)
+    model.add_module("head", torch.nn.Linear(2, 2))
+    params = [p for p in model.parameters() if p.requires_grad]
+    inputs = [torch.randn(2, 2, 5, 4, generator=torch.Generator().manual_seed(10 + r)) for r in range(2)]
+    for it in range(2):
+        local = []  # per rank: [grads after micro 0, accumulated grads after micro 1]
+        for r in range(2):
+            grads, total = [], [torch.zeros_like(p) for p in params[:3]]
+            for micro in range(2):
+                out = model[2](model[1](model[0](inputs[r][micro, it]))).pow(2).mean() / 2
+                g = torch.autograd.grad(out, params[:3])
+                total = [t + gi for t, gi in zip(total, g)]
+                grads.append([t.clone() for t in total])
+            local.append(grads)
+        for r in range(2):
+            got = seen[r][f"step{it}_micro0"]
+            for want, have in zip(local[r][0], got):
+                torch.testing.assert_close(have, want, rtol=1e-6, atol=1e-7)  # no_sync: this rank's own
+            got = seen[r][f"step{it}_micro1"]
+            for k in range(3):
+                torch.testing.assert_close(got[k], (local[0][1][k] + local[1][1][k]) / 2, rtol=1e-6, atol=1e-7)
+            assert got[3] is None and got[4] is None  # the unused head: no gradient, as in one process
+        with torch.no_grad():
+            for k, p in enumerate(params[:3]):
+                p -= 0.1 * (local[0][1][k] + local[1][1][k]) / 2
+
+
+def test_two_processes_fine_tune_the_whole_model_as_one_process(tmp_path, monkeypatch):
+    """Full fine-tuning under DDP (every weight trainable, `find_unused_parameters` on): the saved
+    weights after each task equal one process's up to the summation-order tolerance above."""
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    from rankwise.backbones.toy import ToyBackbone
+
+    data = toy_dict("full", iterations=6, checkpoint_every=6, log_every=2)
+    data["train"]["lr"] = 1e-3
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    two = _torchrun(tmp_path, tmp_path / "ddp")
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def per_example_loss(self, batch, task):
+        logits = self.model(batch["tokens"], batch["class_tokens"]).float()
+        return F.cross_entropy(logits, batch["labels"])
+
+    monkeypatch.setattr(ToyBackbone, "loss", per_example_loss)
+    one = run_experiment(config_from_dict(data), tmp_path / "one", quiet=True)
+    for folder in sorted((one.run_dir / "checkpoints").iterdir()):
+        a = load_file(tmp_path / "ddp" / "checkpoints" / folder.name / "model.safetensors")
+        b = load_file(folder / "model.safetensors")
+        assert a.keys() == b.keys() and len(a) > 0
+        for key in a:
+            if key.endswith("k_proj.bias"):
+                # its gradient is exactly zero (a key bias shifts every score of a query alike, and
+                # softmax ignores that), so Adam's g / sqrt(v) moves it by summation noise alone
+                continue
+            far = ~torch.isclose(a[key], b[key], rtol=1e-3, atol=1e-4)
+            assert far.float().mean() <= 0.01, f"{folder.name}/{key}: {int(far.sum())} of {far.numel()} differ"
+    s1, s2 = _steps(one.run_dir), _steps(tmp_path / "ddp")
+    np.testing.assert_allclose([s[2] for s in s2], [s[2] for s in s1], rtol=1e-4)

@@ -171,6 +171,7 @@ def _run_task(run: RunState, parts: Parts, tasks: list[Task], index: int, start_
             backbone=parts.backbone, model=parts.model, task=task, task_index=index, cfg=cfg,
             seed=run.config.seed, optimizer=optimizer, scheduler=scheduler, start_iteration=start_iter,
             after_step=strategy.after_step(parts.model), on_step=on_step, device=parts.device, dist=parts.dist,
+            find_unused=not strategy.all_trainables_in_loss,
         )  # fmt: skip
     except NonFiniteLossError as exc:
         bar.close()

@@ -9,14 +9,19 @@ The scheme (see docs/engine.md):
 * **Data**: every rank regenerates the same seeded global batch of ``train.batch_size`` indices
   and takes its own contiguous shard of ``B / N`` (B must be divisible by N), so N processes see
   exactly the examples one process sees.
-* **Gradients**: no ``DistributedDataParallel`` wrapper. Backbones call arbitrary methods of the
-  model (``encode_images``, ``generate``), not ``forward``, and the trainable set changes every
-  task (fresh adapters, merged ranks, frozen atoms), so the engine averages gradients itself once
-  per optimizer step: ``g = (1/N) sum_r g_r`` over the current task's trainable parameters, in
-  flat buckets (a missing grad counts as zero on every rank). For a loss that is a mean over
-  examples and equal shards, ``mean_r(mean_{i in shard r} l_i) = mean_i l_i``, so ``g`` is the
-  one-process gradient up to floating-point summation order. Batch-coupled terms (a contrastive
-  class->input term, a token-count mean) are computed per shard, as in any data-parallel setup.
+* **Gradients**: PyTorch's ``DistributedDataParallel`` averages them (`TaskDDP`). Backbones call
+  arbitrary methods of the model (``encode_image``, ``generate``), not ``forward``, so the engine
+  wraps the *step's loss* in a module whose forward calls ``backbone.loss`` and hands that module
+  to DDP; and since the trainable set changes every task (fresh adapters, merged ranks, frozen
+  atoms), the wrapper is built anew for each task over exactly the optimizer's parameters
+  (``init_sync=False``: the engine broadcasts the task's trainable tensors from rank 0 itself).
+  Micro-batches of gradient accumulation run under ``no_sync``; DDP's bucketed all-reduce overlaps
+  the backward. ``g = (1/N) sum_r g_r``: for a loss that is a mean over examples and equal shards,
+  ``mean_r(mean_{i in shard r} l_i) = mean_i l_i``, so ``g`` is the one-process gradient up to
+  floating-point summation order. Full fine-tuning sets ``find_unused_parameters`` (a backbone's
+  pooler or head may take no part in the loss; such a tensor keeps no gradient, as in one process).
+  Batch-coupled terms (a contrastive class->input term, a token-count mean) are computed per shard,
+  as in any data-parallel setup.
 * **Consistency**: each task's trainable tensors are broadcast from rank 0 after ``begin_task``
   (like DDP's construction), then every rank applies identical averaged gradients, optimizer steps
   and CoDyRA proximal steps; `check_in_sync` compares a checksum of the whole model across ranks
@@ -32,11 +37,13 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from rankwise.errors import ConfigError, RankwiseError
 
@@ -136,34 +143,59 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def average_gradients(params: Sequence[torch.nn.Parameter], ctx: DistContext) -> None:
-    """Replace every grad by its mean over ranks (flat buckets per dtype; None counts as zeros)."""
-    if not ctx.enabled:
-        return
-    import torch.distributed as dist
+class _StepLoss(nn.Module):
+    """A training step's loss as a module's forward, so that DDP sees one forward per micro-batch."""
 
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    by_dtype: dict[tuple[torch.dtype, torch.device], list[torch.nn.Parameter]] = {}
-    for p in params:
-        by_dtype.setdefault((p.grad.dtype, p.grad.device), []).append(p)
-    for group in by_dtype.values():
-        bucket: list[torch.nn.Parameter] = []
-        size = 0
-        for p in [*group, None]:
-            if p is not None and (not bucket or size + p.numel() <= BUCKET_ELEMENTS):
-                bucket.append(p)
-                size += p.numel()
-                continue
-            flat = torch.cat([q.grad.reshape(-1) for q in bucket])
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            flat.div_(ctx.world_size)
-            offset = 0
-            for q in bucket:
-                q.grad.copy_(flat[offset : offset + q.numel()].view_as(q.grad))
-                offset += q.numel()
-            bucket, size = ([p], p.numel()) if p is not None else ([], 0)
+    def __init__(self, model: nn.Module, loss: Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model  # registered: DDP reads its trainable parameters and hooks their gradients
+        self._loss = loss
+
+    def forward(self, *args: Any) -> torch.Tensor:
+        return self._loss(*args)
+
+
+class TaskDDP:
+    """One task's data parallelism: ``loss(*args)`` through ``DistributedDataParallel`` over `params`
+    (the task's optimizer parameters, which must be every trainable tensor of `model`), or called
+    as is in a single process. ``sync(last)`` is the context of one micro-batch's forward and
+    backward: gradients are all-reduced only on the last micro-batch of an optimizer step."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Callable[..., torch.Tensor],
+        params: Sequence[torch.nn.Parameter],
+        ctx: DistContext,
+        device: torch.device,
+        find_unused: bool = False,
+    ) -> None:
+        self._loss = loss
+        self._ddp: Any = None
+        if not ctx.enabled:
+            return
+        wanted = {id(p) for p in params}
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        if wanted != trainable:
+            raise RankwiseError(
+                f"the optimizer's {len(wanted)} tensors are not the model's {len(trainable)} trainable ones: "
+                "DistributedDataParallel averages exactly the tensors that require grad"
+            )
+        from torch.nn.parallel import DistributedDataParallel
+
+        self._ddp = DistributedDataParallel(
+            _StepLoss(model, loss),
+            device_ids=[device.index] if device.type == "cuda" and device.index is not None else None,
+            broadcast_buffers=False,  # MoRAM's activation counters and banks are not synced per forward
+            init_sync=False,
+            find_unused_parameters=find_unused,
+        )
+
+    def __call__(self, *args: Any) -> torch.Tensor:
+        return self._loss(*args) if self._ddp is None else self._ddp(*args)
+
+    def sync(self, last: bool) -> AbstractContextManager[Any]:
+        return self._ddp.no_sync() if self._ddp is not None and not last else nullcontext()
 
 
 def mean_scalar(value: float, ctx: DistContext, device: torch.device) -> float:

@@ -33,6 +33,9 @@ class RunStrategy:
     """The whole model trains and is saved as one state dict (the base of the other kinds)."""
 
     trains = True  # False: nothing is trained, every row after the zero-shot one repeats it
+    #: every trainable tensor takes part in every step's loss (False: DDP looks for unused ones, e.g. a
+    #: backbone's pooler under full fine-tuning)
+    all_trainables_in_loss = False
 
     def resolve(self, config: RunConfig, backbone: Any) -> None:
         """Fill in what the method section leaves to the backbone (on the engine's own config copy)."""
@@ -132,6 +135,8 @@ class ZeroShot(RunStrategy):
 
 class AdapterMethod(RunStrategy):
     """An adapter method: the adapters are injected (or restored) and only their tensors train."""
+
+    all_trainables_in_loss = True
 
     def resolve(self, config: RunConfig, backbone: Any) -> None:
         # the one place the backbone's default target preset is filled in (config.py leaves it open)

@@ -30,7 +30,7 @@ from torch import nn
 
 from rankwise.config import TrainConfig
 from rankwise.engine.device import data_generator
-from rankwise.engine.distributed import SINGLE, DistContext, average_gradients, mean_scalar, shard
+from rankwise.engine.distributed import SINGLE, DistContext, TaskDDP, mean_scalar, shard
 from rankwise.errors import RankwiseError
 from rankwise.tasks import Task
 
@@ -132,8 +132,12 @@ def train_task(
     on_step: Callable[[StepLog], None],
     device: torch.device,
     dist: DistContext = SINGLE,
+    find_unused: bool = False,
 ) -> None:
     """Run optimizer steps start_iteration+1 .. cfg.iterations of `task`.
+
+    Under several processes the loss runs through DistributedDataParallel (`TaskDDP`, built for
+    this task's parameters; `find_unused` when some trainable tensor may take no part in the loss).
 
     The loss back-propagated (and logged) is the task loss plus `model.extra_loss()` when the model
     has one and it is not None (a method's per-step regulariser, e.g. O-LoRA's); its value is logged
@@ -145,6 +149,7 @@ def train_task(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     extra_loss = getattr(model, "extra_loss", None)  # RankwiseModel's; a plain module (full) has none
+    step_loss = TaskDDP(model, lambda batch: backbone.loss(batch, task), params, dist, device, find_unused)
     model.train()
     for it in range(start_iteration + 1, cfg.iterations + 1):
         started = time.perf_counter()
@@ -154,21 +159,21 @@ def train_task(
         for micro in range(cfg.grad_accumulation):
             idx = shard(order.indices((it - 1) * cfg.grad_accumulation + micro), dist)
             batch = backbone.collate([task.train[i] for i in idx], task, True)
-            with autocast:
-                loss = backbone.loss(batch, task)
-            extra_term = extra_loss() if extra_loss is not None else None
-            if extra_term is not None:  # the method's regulariser (O-LoRA); None adds nothing at all
-                loss = loss + extra_term
-                extra_total = (extra_total or 0.0) + float(extra_term.detach().float()) / cfg.grad_accumulation
-            value = mean_scalar(float(loss.detach().float().sum()), dist, device)
-            if not math.isfinite(value):
-                raise NonFiniteLossError(
-                    f"training loss is {value} on task {task_index + 1} ({task.name!r}), "
-                    f"iteration {it}: stopped; try a lower train.lr or set train.grad_clip"
-                )
-            (loss / cfg.grad_accumulation).backward()
+            with step_loss.sync(last=micro == cfg.grad_accumulation - 1):
+                with autocast:
+                    loss = step_loss(batch)
+                extra_term = extra_loss() if extra_loss is not None else None
+                if extra_term is not None:  # the method's regulariser (O-LoRA); None adds nothing at all
+                    loss = loss + extra_term
+                    extra_total = (extra_total or 0.0) + float(extra_term.detach().float()) / cfg.grad_accumulation
+                value = mean_scalar(float(loss.detach().float().sum()), dist, device)
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"training loss is {value} on task {task_index + 1} ({task.name!r}), "
+                        f"iteration {it}: stopped; try a lower train.lr or set train.grad_clip"
+                    )
+                (loss / cfg.grad_accumulation).backward()
             total_loss += value / cfg.grad_accumulation
-        average_gradients(params, dist)
         grad_norm = None
         if cfg.grad_clip is not None:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))

@@ -21,7 +21,15 @@ import torch
 from torch import nn
 
 from rankwise.adapters.presets import TARGET_PRESETS
-from rankwise.errors import CheckpointError, ConfigError, LifecycleError
+from rankwise.adapters.state_checks import (  # noqa: F401  (re-exported: the layers import them from here)
+    AdapterStateError,
+    expect_tensor,
+    meta_bool,
+    meta_int,
+    meta_int_list,
+    short_repr,
+)
+from rankwise.errors import ConfigError, LifecycleError
 
 
 @dataclass(frozen=True)
@@ -162,61 +170,6 @@ def kaiming_rows(rows: int, in_features: int, like: torch.Tensor) -> torch.Tenso
     return weight
 
 
-class AdapterStateError(CheckpointError):
-    """A layer's saved state cannot be loaded: ``kind`` is "field" (metadata) or "tensor", ``key`` its name."""
-
-    def __init__(self, kind: str, key: str, problem: str) -> None:
-        self.kind, self.key, self.problem = kind, key, problem
-        super().__init__(f"{kind} {key}: {problem}")
-
-
-def short_repr(value: Any, limit: int = 60) -> str:
-    """repr(value) cut to `limit` characters: an error message never grows with the value it quotes."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def meta_int(meta: dict[str, Any], key: str) -> int:
-    """meta[key] as an integer >= 0, else AdapterStateError naming the field."""
-    value = meta.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise AdapterStateError("field", key, f"{short_repr(value)} is invalid: expected an integer >= 0")
-    return value
-
-
-def meta_bool(meta: dict[str, Any], key: str, default: Any = None) -> bool:
-    value = meta.get(key, default)
-    if not isinstance(value, bool):
-        raise AdapterStateError("field", key, f"{short_repr(value)} is invalid: expected true or false")
-    return value
-
-
-def meta_int_list(meta: dict[str, Any], key: str) -> list[int]:
-    value = meta.get(key)
-    if not isinstance(value, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
-    ):
-        raise AdapterStateError("field", key, f"{short_repr(value)} is invalid: expected a list of integers >= 0")
-    return value
-
-
-def expect_tensor(tensors: dict[str, torch.Tensor], key: str, shape: tuple[int | None, ...]) -> torch.Tensor:
-    """tensors[key] if it is a floating-point tensor of `shape` (None: any size), else AdapterStateError."""
-    if key not in tensors:
-        raise AdapterStateError("tensor", key, "is missing")
-    tensor = tensors[key]
-    if not tensor.is_floating_point():
-        raise AdapterStateError("tensor", key, f"has dtype {tensor.dtype}; expected a floating-point tensor")
-    got = tuple(tensor.shape)
-    need = tuple(g if n is None else n for n, g in zip(shape, got)) if len(got) == len(shape) else shape
-    if got != need:
-        shown = tuple("*" if n is None else n for n in need)
-        raise AdapterStateError(
-            "tensor", key, f"has shape {got} but this model needs {shown} (saved from a model of another shape?)"
-        )
-    return tensor
-
-
 class AdapterLayer(nn.Module):
     """Wraps a frozen nn.Linear; subclasses add ``delta(x)`` and the task lifecycle.
 
@@ -274,7 +227,7 @@ class AdapterLayer(nn.Module):
         # A strided input (e.g. attention's transposed (L, B, E)) with a frozen weight makes torch.matmul
         # broadcast the weight into a slow batched matmul at inference; one copy here avoids it.
         x = x if x.is_contiguous() else x.contiguous()
-        out = self.base_layer(x)
+        out = self.base_output(x)
         if not self.has_delta():
             return out
         h = self.low_rank_input(x)
@@ -291,6 +244,22 @@ class AdapterLayer(nn.Module):
 
     def has_delta(self) -> bool:
         return self.task_active
+
+    @property
+    def base_is_quantized(self) -> bool:
+        """Whether the base weight is stored quantized (bitsandbytes int8 / 4-bit: no floating dtype).
+        Nothing can be merged into it: merged tasks stay factors that `base_output` adds."""
+        return not self.base_layer.weight.dtype.is_floating_point
+
+    def base_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen layer's output: ``base_layer(x)``, plus, over a quantized base, the tasks merged
+        so far (sum_i (x A_i^T) B_i^T in the factors' dtype: the W + sum B_i A_i of a float base)."""
+        out = self.base_layer(x)
+        if self.merged_tasks and self.base_is_quantized:
+            flat = x.reshape(-1, self.in_features)
+            for A, B in self.merged_history():
+                out = out + ((flat.to(A.dtype) @ A.t()) @ B.t()).to(out.dtype).view(out.shape)
+        return out
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -351,7 +320,13 @@ class AdapterLayer(nn.Module):
         ]
 
     def _factor_like(self) -> torch.Tensor:
-        return self.base_layer.weight
+        """A tensor whose dtype and device new factors take: the base weight, or for a quantized base
+        an empty tensor of its compute dtype (bitsandbytes' ``compute_dtype``, else float32)."""
+        weight = self.base_layer.weight
+        if not self.base_is_quantized:
+            return weight
+        dtype = getattr(self.base_layer, "compute_dtype", None) or torch.float32
+        return torch.empty(0, dtype=dtype, device=weight.device)
 
     # -- merged history (methods that merge after each task) -------------------------------------
     def merge_factors(self, A: torch.Tensor, B: torch.Tensor) -> None:
@@ -363,8 +338,9 @@ class AdapterLayer(nn.Module):
         weight = self.base_layer.weight
         A = A.detach().to(weight.device)
         B = B.detach().to(weight.device)
-        with torch.no_grad():
-            weight.add_((B.float() @ A.float()).to(weight.dtype))
+        if not self.base_is_quantized:  # a quantized base keeps the delta as factors (`base_output`)
+            with torch.no_grad():
+                weight.add_((B.float() @ A.float()).to(weight.dtype))
         index = self.merged_tasks
         self.register_buffer(f"merged_A_{index}", A.clone(), persistent=False)
         self.register_buffer(f"merged_B_{index}", B.clone(), persistent=False)

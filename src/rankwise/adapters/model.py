@@ -240,6 +240,12 @@ class RankwiseModel(nn.Module):
         self._check_usable()
         if not self.mergeable:
             raise RankwiseError(self.layer_class.merge_refusal)
+        quantized = [n for n, layer in self.adapter_layers().items() if layer.base_is_quantized]
+        if quantized:
+            raise RankwiseError(
+                f"layers {quantized[:3]} have a quantized base weight, which cannot take the merge; load the "
+                "adapter onto a float copy of the base to merge it, or keep it (save_pretrained)"
+            )
         for name, layer in self.adapter_layers().items():
             layer.merge_current()
             set_submodule(self.base_model, name, layer.base_layer)

@@ -241,7 +241,7 @@ class MoRAMLinear(AdapterLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x if x.is_contiguous() else x.contiguous()  # see AdapterLayer.forward; the keys reuse it
-        out = self.base_layer(x)
+        out = self.base_output(x)
         if not self.has_delta():
             return out
         return self._mix(x, out)

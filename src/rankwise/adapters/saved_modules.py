@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rankwise.adapters.adapter_files import CONFIG_FILE, WEIGHTS_FILE
 from rankwise.adapters.inject import ModelEdit, matches
 from rankwise.errors import CheckpointError, ConfigError
 
@@ -85,23 +86,23 @@ def check_state(
     meta = {} if meta is None else meta
     if set(meta) != set(modules):
         raise CheckpointError(
-            f"{directory / 'adapter_config.json'}: field modules_to_save lists {sorted(meta)}, but this "
+            f"{directory / CONFIG_FILE}: field modules_to_save lists {sorted(meta)}, but this "
             f"model's config saves {sorted(modules)}"
         )
     for name, module in modules.items():
         own = module.state_dict()
         if sorted(meta[name]) != sorted(own):
             raise CheckpointError(
-                f"{directory / 'adapter_config.json'}: field modules_to_save[{name!r}] lists {sorted(meta[name])}, "
+                f"{directory / CONFIG_FILE}: field modules_to_save[{name!r}] lists {sorted(meta[name])}, "
                 f"but the module here has {sorted(own)}"
             )
         for key, target in own.items():
             saved = tensors.get(name, {}).get(key)
             if saved is None:
-                raise CheckpointError(f"{directory / 'adapter_model.safetensors'}: tensor {name}::{key} is missing")
+                raise CheckpointError(f"{directory / WEIGHTS_FILE}: tensor {name}::{key} is missing")
             if saved.shape != target.shape:
                 raise CheckpointError(
-                    f"{directory / 'adapter_model.safetensors'}: tensor {name}::{key} has shape "
+                    f"{directory / WEIGHTS_FILE}: tensor {name}::{key} has shape "
                     f"{tuple(saved.shape)} but this model needs {tuple(target.shape)} (another head size?)"
                 )
 

@@ -48,7 +48,6 @@ from torch import nn
 from rankwise.errors import ConfigError, RankwiseError
 
 ENV_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
-BUCKET_ELEMENTS = 1 << 24  # gradients are all-reduced in flat buckets of at most this many elements
 
 
 class OutOfSyncError(RankwiseError):

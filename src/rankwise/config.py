@@ -95,10 +95,16 @@ class EvalConfig:
     """How every task is evaluated after each task."""
 
     batch_size: int = field(default=128, metadata={"help": "examples per evaluation batch"})
+    item_scores: bool = field(
+        default=False,
+        metadata={"help": "write each row's per-item scores to item_scores/ (for paired tests, report_compare)"},
+    )
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError("eval.batch_size", self.batch_size, "an integer >= 1")
+        if not isinstance(self.item_scores, bool):
+            raise ConfigError("eval.item_scores", self.item_scores, "true or false")
 
 
 @dataclass

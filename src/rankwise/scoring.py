@@ -43,6 +43,16 @@ def exact_match(predictions: Sequence[str], targets: Sequence[str]) -> float:
     return 100.0 * hits / len(targets)
 
 
+def item_scores(metric: str, predictions: Sequence[Any], targets: Sequence[Any]) -> list[float] | None:
+    """Per-item scores in [0, 100] whose mean is the task's score, for metrics that are such a mean
+    (``accuracy``, ``exact_match``); None for the others. Paired tests resample these (report_compare)."""
+    if metric == "accuracy":
+        return [100.0 if p == t else 0.0 for p, t in zip(predictions, targets)]
+    if metric == "exact_match":
+        return [100.0 if str(p).strip().lower() == str(t).strip().lower() else 0.0 for p, t in zip(predictions, targets)]
+    return None
+
+
 # --------------------------------------------------------------------------- ROUGE-L
 
 

@@ -135,6 +135,49 @@ def test_test_sample_is_fixed_size_and_stratified(data_root):
     assert task.info["n_test_total"] == 12
 
 
+def test_validation_is_carved_from_train_stratified_fixed_and_never_trained_on(data_root):
+    # agnews fixture: 20 train items, 5 per class; 8 validation items -> 2 per class (largest remainder)
+    cfg = TextMTILConfig(root=str(data_root), tasks=["agnews"], test_size=None, validation_size=8)
+    (plain,) = build_scenario(TextMTILConfig(root=str(data_root), tasks=["agnews"], test_size=None), seed=0)
+    (task,) = build_scenario(cfg, seed=0)
+    (scored,) = build_scenario(
+        TextMTILConfig(root=str(data_root), tasks=["agnews"], test_size=None, validation_size=8, evaluate_on="validation"),
+        seed=0,
+    )
+    validation = [e.input for e in scored.test]
+    assert len(validation) == 8 and Counter(e.label for e in scored.test) == {0: 2, 1: 2, 2: 2, 3: 2}
+    train = [e.input for e in task.train]
+    assert len(train) == 12 and not set(train) & set(validation)
+    assert set(train) | set(validation) == {e.input for e in plain.train}  # a partition of the train split
+    assert [e.input for e in task.test] == [e.input for e in plain.test]  # test untouched
+    assert [e.input for e in scored.train] == train  # the same training items whichever split is scored
+    assert task.info["n_validation"] == 8 and task.info["evaluated_split"] == "test"
+    assert scored.info["evaluated_split"] == "validation"
+    # fixed by split_seed, not by the run seed; shots come from what is left
+    (other_seed,) = build_scenario(
+        TextMTILConfig(root=str(data_root), tasks=["agnews"], validation_size=8, evaluate_on="validation", shots=1),
+        seed=7,
+    )
+    assert [e.input for e in other_seed.test] == validation
+    assert len(other_seed.train) == 4 and not {e.input for e in other_seed.train} & set(validation)
+    (other_split,) = build_scenario(
+        TextMTILConfig(root=str(data_root), tasks=["agnews"], validation_size=8, evaluate_on="validation", split_seed=1),
+        seed=0,
+    )
+    assert [e.input for e in other_split.test] != validation
+
+
+def test_validation_errors_name_the_field(data_root):
+    with pytest.raises(ConfigError, match="scenario.evaluate_on.*validation_size"):
+        TextMTILConfig(evaluate_on="validation")
+    with pytest.raises(ConfigError, match="scenario.evaluate_on.*'test', 'validation'"):
+        TextMTILConfig(evaluate_on="dev", validation_size=5)
+    with pytest.raises(ConfigError, match="scenario.validation_size"):
+        TextMTILConfig(validation_size=0)
+    with pytest.raises(ConfigError, match=r"scenario.validation_size.*fewer than the 20 train items of task 'agnews'"):
+        build_scenario(TextMTILConfig(root=str(data_root), tasks=["agnews"], validation_size=20), seed=0)
+
+
 def test_root_resolution_order(data_root, tmp_path, monkeypatch):
     monkeypatch.delenv("RANKWISE_DATA", raising=False)
     assert resolve_root(str(data_root)) == data_root / "text"

@@ -19,12 +19,14 @@ What differs between zero-shot, full fine-tuning and an adapter method is the ru
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from rankwise import io
 from rankwise.config import RunConfig, TrainConfig
 from rankwise.engine import checkpoint as ckpt
 from rankwise.engine import distributed as ddp
@@ -121,10 +123,14 @@ def _continue(run: RunState, parts: Parts, state: dict[str, Any] | None, resume:
             attach_method(parts, config)
         if dist.rank > 0:  # own dropout stream per rank; rank 0 keeps the one-process stream
             seed_everything(derived_seed("rank", config.seed, dist.rank))
-        run.rows = [_evaluate(run, parts, tasks, "zero-shot")]
+        run.rows = [_evaluate(run, parts, tasks, "zero-shot", 0)]
         run.events.append({"event": "evaluation", "after": "zero-shot", "row": run.rows[0]})
         if not parts.strategy.trains:
             run.rows += [list(run.rows[0]) for _ in tasks]
+            if run.config.eval.item_scores and parts.dist.is_main:  # the same items for every row
+                items = json.loads(run.path("item_scores", "row_000.json").read_text())["items"]
+                for index, task in enumerate(tasks):
+                    _write_items(run, index + 1, f"after {task.name} (not trained)", tasks, items)
             run.commit(tasks, len(tasks), 0, {}, finished=True)
             return _finish(run, tasks)
         run.commit(tasks, 0, 0, {})
@@ -134,14 +140,24 @@ def _continue(run: RunState, parts: Parts, state: dict[str, Any] | None, resume:
     return _finish(run, tasks)
 
 
-def _evaluate(run: RunState, parts: Parts, tasks: list[Task], label: str) -> list[float]:
+def _evaluate(run: RunState, parts: Parts, tasks: list[Task], label: str, row_index: int | None = None) -> list[float]:
+    """One evaluation row; with ``eval.item_scores`` and a `row_index`, its per-item scores are written
+    (atomically) to ``item_scores/row_<index>.json`` before the row is committed."""
     bar = run.progress(len(tasks), f"eval {label}")
+    items: dict[str, Any] | None = {} if run.config.eval.item_scores and row_index is not None else None
     row = evaluate_all(
-        parts.backbone, tasks, run.config.eval.batch_size, lambda name: bar.update(1), parts.dist
+        parts.backbone, tasks, run.config.eval.batch_size, lambda name: bar.update(1), parts.dist, items
     )
     bar.close()
+    if items is not None and parts.dist.is_main:
+        _write_items(run, row_index, label, tasks, items)
     run.say(f"{label}: " + "  ".join(f"{t.name} {v:.1f}" for t, v in zip(tasks, row)))
     return row
+
+
+def _write_items(run: RunState, row_index: int, label: str, tasks: list[Task], items: dict[str, Any]) -> None:
+    record = {"row": row_index, "after": label, "tasks": [t.name for t in tasks], "items": items}
+    io.write_text(run.path("item_scores", f"row_{row_index:03d}.json"), json.dumps(record) + "\n")
 
 
 def _run_task(run: RunState, parts: Parts, tasks: list[Task], index: int, start_iter: int, saved: dict) -> None:
@@ -212,7 +228,7 @@ def _end_task(run: RunState, parts: Parts, tasks: list[Task], index: int, keep: 
         directory = checkpoint_dir(run.run_dir, index, task)
         ckpt.write_dir_atomically(directory, lambda tmp: strategy.save(tmp, parts.model))
     row, report = strategy.evaluate(
-        parts.model, parts.dist, lambda: _evaluate(run, parts, tasks, f"after {task.name}")
+        parts.model, parts.dist, lambda: _evaluate(run, parts, tasks, f"after {task.name}", index + 1)
     )
     run.rows.append(row)
     run.events.append(

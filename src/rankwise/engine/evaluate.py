@@ -10,7 +10,7 @@ import torch
 
 from rankwise.engine.distributed import SINGLE, DistContext, gather_objects, shard
 from rankwise.errors import ConfigError, DataError, choices
-from rankwise.scoring import SCORERS
+from rankwise.scoring import SCORERS, item_scores
 from rankwise.tasks import ClassificationExample, Task
 
 
@@ -48,11 +48,15 @@ def _evaluation(backbone: Any) -> AbstractContextManager[Any]:
 
 
 @torch.no_grad()
-def evaluate_task(backbone: Any, task: Task, batch_size: int, dist: DistContext = SINGLE) -> float:
+def evaluate_task(
+    backbone: Any, task: Task, batch_size: int, dist: DistContext = SINGLE, items: dict[str, Any] | None = None
+) -> float:
     """Score of the current model on `task.test`, in [0, 100].
 
     With several processes each rank predicts a contiguous slice of the test set; the slices'
-    predictions and targets are gathered in order and every rank scores the whole list.
+    predictions and targets are gathered in order and every rank scores the whole list. With
+    `items`, ``items[task.name]`` gets the per-item scores (`rankwise.scoring.item_scores`; None for
+    a metric that is not a mean over items).
     """
     backbone.model.eval()
     examples = shard(task.test, dist)
@@ -67,6 +71,8 @@ def evaluate_task(backbone: Any, task: Task, batch_size: int, dist: DistContext 
         parts = gather_objects((predictions, targets), dist)
         predictions = [p for preds, _ in parts for p in preds]
         targets = [t for _, targs in parts for t in targs]
+    if items is not None:
+        items[task.name] = item_scores(task.metric, predictions, targets)
     return float(SCORERS[task.metric](predictions, targets))
 
 
@@ -76,12 +82,14 @@ def evaluate_all(
     batch_size: int,
     progress: Callable[[str], None] | None = None,
     dist: DistContext = SINGLE,
+    items: dict[str, Any] | None = None,
 ) -> list[float]:
-    """One row of the accuracy matrix: the score on every task, in stream order."""
+    """One row of the accuracy matrix: the score on every task, in stream order (per-item scores
+    into `items` when given, as in `evaluate_task`)."""
     row = []
     with _evaluation(backbone):  # one pass over a model that does not change: one prompt-cache key
         for task in tasks:
-            row.append(evaluate_task(backbone, task, batch_size, dist))
+            row.append(evaluate_task(backbone, task, batch_size, dist, items))
             if progress is not None:
                 progress(task.name)
     return row

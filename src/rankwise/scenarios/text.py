@@ -20,6 +20,11 @@ MR, CR, SUBJ and MPQA have none: each class's lines are shuffled with ``random.R
 kept in file order. Evaluation uses a stratified sample of ``test_size`` test items (largest
 remainder per class, ``random.Random(split_seed)``), fixed across run seeds so every method and
 seed scores the same items; ``shots`` picks N train items per class with the run seed.
+
+Validation. ``validation_size`` carves a stratified validation set out of each task's train split
+(``random.Random(f"{split_seed}:{task}:validation")``, fixed across run seeds); those items are never
+trained on. ``evaluate_on: validation`` scores the validation set instead of the test set, which is
+how hyper-parameters are chosen without looking at test data (benchmarks/protocol.py).
 """
 
 from __future__ import annotations
@@ -78,7 +83,17 @@ def _default_tasks() -> list[str]:
     return list(DEFAULT_ORDER)
 
 
-def check_sampling(shots: object, test_size: object, split_seed: object) -> None:
+#: which held-out split a run scores
+EVALUATE_ON = ("test", "validation")
+
+
+def check_sampling(
+    shots: object,
+    test_size: object,
+    split_seed: object,
+    validation_size: object = None,
+    evaluate_on: object = "test",
+) -> None:
     """Validate the sampling fields shared by the text scenarios (ConfigError naming the field)."""
     if shots is not None and (not isinstance(shots, int) or shots < 1):
         raise ConfigError("scenario.shots", shots, "an integer >= 1, or null for all training data")
@@ -86,6 +101,34 @@ def check_sampling(shots: object, test_size: object, split_seed: object) -> None
         raise ConfigError("scenario.test_size", test_size, "an integer >= 1, or null for the whole test set")
     if not isinstance(split_seed, int):
         raise ConfigError("scenario.split_seed", split_seed, "an integer")
+    if validation_size is not None and (
+        not isinstance(validation_size, int) or isinstance(validation_size, bool) or validation_size < 1
+    ):
+        raise ConfigError(
+            "scenario.validation_size", validation_size, "an integer >= 1, or null for no validation split"
+        )
+    if evaluate_on not in EVALUATE_ON:
+        raise ConfigError("scenario.evaluate_on", evaluate_on, choices(EVALUATE_ON))
+    if evaluate_on == "validation" and validation_size is None:
+        raise ConfigError(
+            "scenario.evaluate_on", evaluate_on, "'test' unless scenario.validation_size sets a validation split"
+        )
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a text task's items are drawn: shots (run seed), validation and test samples (split_seed)."""
+
+    shots: int | None = None
+    test_size: int | None = None
+    split_seed: int = 0
+    validation_size: int | None = None
+    evaluate_on: str = "test"
+
+    @classmethod
+    def of(cls, config: Any) -> Sampling:
+        """The sampling fields of a scenario config (text-mtil or text-classification)."""
+        return cls(config.shots, config.test_size, config.split_seed, config.validation_size, config.evaluate_on)
 
 
 @dataclass
@@ -108,7 +151,15 @@ class TextMTILConfig:
         default=300, metadata={"help": "stratified test items per task (fixed by split_seed), None = all"}
     )
     split_seed: int = field(
-        default=0, metadata={"help": "seed of the 70/30 splits of MR/CR/SUBJ/MPQA and the test sample"}
+        default=0,
+        metadata={"help": "seed of the 70/30 splits of MR/CR/SUBJ/MPQA and the validation and test samples"},
+    )
+    validation_size: int | None = field(
+        default=None,
+        metadata={"help": "stratified validation items per task, carved out of train (never trained on)"},
+    )
+    evaluate_on: str = field(
+        default="test", metadata={"help": "held-out split scored: test, or validation (for tuning)"}
     )
     source: str = field(
         default="auto",
@@ -136,7 +187,7 @@ class TextMTILConfig:
                 raise ConfigError("scenario.tasks", name, choices(sorted(TASKS)))
         if len(set(self.tasks)) != len(self.tasks):
             raise ConfigError("scenario.tasks", self.tasks, "each task at most once")
-        check_sampling(self.shots, self.test_size, self.split_seed)
+        check_sampling(self.shots, self.test_size, self.split_seed, self.validation_size, self.evaluate_on)
         if self.source not in SOURCES:
             raise ConfigError("scenario.source", self.source, choices(SOURCES))
 
@@ -175,29 +226,48 @@ def _examples(pairs: Pairs, label_ids: dict[str, int], where: str) -> list[Class
 
 
 def select_examples(
-    splits: dict[str, Any],
-    label_words: Sequence[str],
-    task: str,
-    shots: int | None,
-    test_size: int | None,
-    split_seed: int,
-    seed: int,
-    where: str,
-) -> tuple[list[ClassificationExample], list[ClassificationExample], int]:
-    """Label ids (``label_words[i]`` is id i), then `shots` per class (``Random(f"{seed}:{task}")``) and a
-    stratified test sample (``Random(f"{split_seed}:{task}")``); returns train, test, full test size."""
+    splits: dict[str, Any], label_words: Sequence[str], task: str, sampling: Sampling, seed: int, where: str
+) -> tuple[list[ClassificationExample], list[ClassificationExample], dict[str, Any]]:
+    """Label ids (``label_words[i]`` is id i), then the held-out items and the training items.
+
+    Validation: ``sampling.validation_size`` stratified train items (``Random(f"{split_seed}:{task}:validation")``),
+    removed from train. Train: ``shots`` per class of the rest (``Random(f"{seed}:{task}")``). Test: a
+    stratified sample of ``test_size`` (``Random(f"{split_seed}:{task}")``). Returns train, the scored
+    split (test, or validation with ``evaluate_on: validation``) and the split sizes for the task's info.
+    """
     label_ids = {raw: i for i, raw in enumerate(label_words)}
     train = _examples(splits["train"], label_ids, f"{where} train")
     test = _examples(splits["test"], label_ids, f"{where} test")
     if not train or not test:
         raise DataError(f"task {task!r} in {where}: empty split (train {len(train)}, test {len(test)})")
-    if shots is not None:
-        train = [train[i] for i in few_shot([e.label for e in train], shots, random.Random(f"{seed}:{task}"))]
+    validation: list[ClassificationExample] = []
+    if sampling.validation_size is not None:
+        if sampling.validation_size >= len(train):
+            raise ConfigError(
+                "scenario.validation_size", sampling.validation_size,
+                f"fewer than the {len(train)} train items of task {task!r} ({where})",
+            )  # fmt: skip
+        held = set(
+            stratified_sample(
+                [e.label for e in train], sampling.validation_size,
+                random.Random(f"{sampling.split_seed}:{task}:validation"),
+            )
+        )  # fmt: skip
+        validation = [e for i, e in enumerate(train) if i in held]
+        train = [e for i, e in enumerate(train) if i not in held]
+    if sampling.shots is not None:
+        rng = random.Random(f"{seed}:{task}")
+        train = [train[i] for i in few_shot([e.label for e in train], sampling.shots, rng)]
     n_test_total = len(test)
-    if test_size is not None:
-        keep = stratified_sample([e.label for e in test], test_size, random.Random(f"{split_seed}:{task}"))
+    if sampling.test_size is not None:
+        keep = stratified_sample(
+            [e.label for e in test], sampling.test_size, random.Random(f"{sampling.split_seed}:{task}")
+        )
         test = [test[i] for i in keep]
-    return train, test, n_test_total
+    sizes: dict[str, Any] = {"n_train": len(train), "n_test": len(test), "n_test_total": n_test_total}
+    if sampling.validation_size is not None:  # a task without validation reads exactly as before
+        sizes.update(n_validation=len(validation), evaluated_split=sampling.evaluate_on)
+    return train, validation if sampling.evaluate_on == "validation" else test, sizes
 
 
 # -- built-in tasks ----------------------------------------------------------------------------
@@ -224,9 +294,7 @@ def builtin_task(
     name: str,
     text_root: Path | None,
     *,
-    shots: int | None,
-    test_size: int | None,
-    split_seed: int,
+    sampling: Sampling,
     seed: int,
     hint: str = "",
     class_names: Sequence[str] | None = None,
@@ -245,12 +313,10 @@ def builtin_task(
             raise DataError(
                 f"text-mtil task {name!r}: folder {folder} does not exist (data root {text_root.parent})"
             )
-        splits = load_pair_task(name, folder) if pair else load_splits(spec, folder, split_seed)
+        splits = load_pair_task(name, folder) if pair else load_splits(spec, folder, sampling.split_seed)
         source, fmt = str(folder), "cl_benchmark-pair" if pair else spec.fmt
     where = source or name
-    train, test, n_test_total = select_examples(
-        splits, list(spec.class_names), name, shots, test_size, split_seed, seed, where
-    )
+    train, scored, sizes = select_examples(splits, list(spec.class_names), name, sampling, seed, where)
     if source is None:
         hub = HUB_SOURCES[name]
         source, split = hub_description(hub), f"Hub splits {hub.train_split}/{hub.test_split}"
@@ -260,12 +326,10 @@ def builtin_task(
         "source": source,
         "format": fmt,
         "domain": spec.domain,
-        "shots": shots,
-        "n_train": len(train),
-        "n_test": len(test),
-        "n_test_total": n_test_total,
+        "shots": sampling.shots,
+        **sizes,
         "split": split,
-        "split_seed": split_seed,
+        "split_seed": sampling.split_seed,
         "label_words": list(spec.class_names),
     }
     if pair:
@@ -273,7 +337,7 @@ def builtin_task(
     return Task(
         name=name,
         train=train,
-        test=test,
+        test=scored,
         class_names=list(class_names) if class_names is not None else list(spec.class_names.values()),
         templates=list(templates) if templates is not None else list(spec.templates),
         metric="accuracy",
@@ -282,16 +346,8 @@ def builtin_task(
 
 
 def build_task(name: str, text_root: Path | None, config: TextMTILConfig, seed: int, hint: str = "") -> Task:
-    """One task: load, map labels to ids, sample shots (run seed) and the test set (split_seed)."""
-    return builtin_task(
-        name,
-        text_root,
-        shots=config.shots,
-        test_size=config.test_size,
-        split_seed=config.split_seed,
-        seed=seed,
-        hint=hint,
-    )
+    """One task: load, map labels to ids, sample shots (run seed), validation and test sets (split_seed)."""
+    return builtin_task(name, text_root, sampling=Sampling.of(config), seed=seed, hint=hint)
 
 
 def build_scenario(config: TextMTILConfig, seed: int) -> list[Task]:

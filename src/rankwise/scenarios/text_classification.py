@@ -38,7 +38,14 @@ from typing import Any
 
 from rankwise.config_types import build_dataclass
 from rankwise.errors import ConfigError, DataError, choices
-from rankwise.scenarios.text import PRESETS, builtin_task, check_sampling, locate_data, select_examples
+from rankwise.scenarios.text import (
+    PRESETS,
+    Sampling,
+    builtin_task,
+    check_sampling,
+    locate_data,
+    select_examples,
+)
 from rankwise.scenarios.text_sources import (
     FORMATS,
     Example,
@@ -168,7 +175,14 @@ class TextClassificationConfig:
         default=None, metadata={"help": "stratified test items per task (fixed by split_seed), None = all"}
     )
     split_seed: int = field(
-        default=0, metadata={"help": "seed of the held-out splits and of the test sample"}
+        default=0, metadata={"help": "seed of the held-out splits and of the validation and test samples"}
+    )
+    validation_size: int | None = field(
+        default=None,
+        metadata={"help": "stratified validation items per task, carved out of train (never trained on)"},
+    )
+    evaluate_on: str = field(
+        default="test", metadata={"help": "held-out split scored: test, or validation (for tuning)"}
     )
     root: str | None = field(
         default=None,
@@ -192,7 +206,7 @@ class TextClassificationConfig:
         if len(set(names)) != len(names):
             raise ConfigError("scenario.tasks", names, "each task name at most once")
         self.tasks = built
-        check_sampling(self.shots, self.test_size, self.split_seed)
+        check_sampling(self.shots, self.test_size, self.split_seed, self.validation_size, self.evaluate_on)
 
 
 # -- reading one task ---------------------------------------------------------------------------
@@ -269,9 +283,8 @@ def build_text_task(task: TextTaskConfig, config: TextClassificationConfig, seed
     if task.preset is not None:
         text_root, hint = locate_data(config.root, "auto")
         built = builtin_task(
-            task.preset, text_root, shots=config.shots, test_size=config.test_size,
-            split_seed=config.split_seed, seed=seed, hint=hint, templates=task.templates,
-        )  # fmt: skip
+            task.preset, text_root, sampling=Sampling.of(config), seed=seed, hint=hint, templates=task.templates
+        )
         if task.class_names is not None:
             names = (
                 list(task.class_names.values()) if isinstance(task.class_names, dict) else task.class_names
@@ -287,16 +300,15 @@ def build_text_task(task: TextTaskConfig, config: TextClassificationConfig, seed
     assert task.source is not None  # TextTaskConfig: a source or a preset
     splits, hub_names, split_rule = read_task_splits(task, config.split_seed)
     raw_labels, class_names = label_table(task, splits, hub_names)
-    train, test, n_test_total = select_examples(
-        splits, raw_labels, task.name or "", config.shots, config.test_size, config.split_seed, seed,
-        f"task {task.name!r} ({task.source})",
-    )  # fmt: skip
+    train, scored, sizes = select_examples(
+        splits, raw_labels, task.name or "", Sampling.of(config), seed, f"task {task.name!r} ({task.source})"
+    )
     pair = len(task.columns) == 2 and task.pair_template is None
     fmt = source_format(task.source, task.format)
     return Task(
         name=task.name or "",
         train=train,
-        test=test,
+        test=scored,
         class_names=class_names,
         templates=list(task.templates) if task.templates is not None else ["{}"],
         metric="accuracy",
@@ -307,9 +319,7 @@ def build_text_task(task: TextTaskConfig, config: TextClassificationConfig, seed
             "text_columns": task.columns,
             "pair_template": task.pair_template,
             "shots": config.shots,
-            "n_train": len(train),
-            "n_test": len(test),
-            "n_test_total": n_test_total,
+            **sizes,
             "split": split_rule,
             "split_seed": config.split_seed,
             "label_words": raw_labels,

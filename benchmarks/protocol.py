@@ -1,0 +1,338 @@
+"""The text-track benchmark protocol: validation-tuned settings, several seeds, paired statistics.
+
+    python benchmarks/protocol.py                         # sweep, then the main runs, then the tables
+    python benchmarks/protocol.py --stage sweep           # only the validation sweep
+    python benchmarks/protocol.py --orders published --seeds 0 1 2 --workers 2
+    python benchmarks/protocol.py --stage report          # tables from the finished runs only
+
+Protocol (docs/protocol.md):
+
+1. Splits. Every task keeps ``VALIDATION`` stratified items of its train split for validation (seeded
+   by ``split_seed``, never trained on) and is tested on a stratified sample of ``TEST`` test items
+   (every task of text-mtil has at least that many), the same items for every method and seed.
+2. Sweep. Each method's grid (`SWEEP`) runs on the first two tasks of the published order, scored on
+   their validation splits, seed 0; the setting with the best validation Last (mean final accuracy
+   over the two tasks: learning and keeping both) is frozen for the whole stream. Test data are
+   never read by the sweep.
+3. Main runs. Each (order, method, seed) runs the whole stream with the frozen setting and writes
+   per-item test scores (``eval.item_scores``).
+4. Statistics. Per (order, method): mean and 95% Student-t interval over seeds of Transfer /
+   Average / Last / BWT and of the plasticity (mean diagonal minus the zero-shot accuracy of the same
+   tasks); per pair of methods: the paired bootstrap of each metric's difference over seeds and test
+   items (`rankwise.paired`).
+5. Cost. Each run is a child process with one torch thread; its wall time, CPU time and peak resident
+   memory (``wait4``) go to ``cost.json`` in its run directory. ``--workers N`` runs N at once.
+   A finished run (``cost.json`` present) is skipped; a stopped one continues with ``--resume``.
+
+Writes ``benchmarks/results/text_mtil_protocol.json`` and prints the markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+VALIDATION = 300
+TEST = 500
+ITERATIONS = 50
+BASE: dict[str, Any] = yaml.safe_load(
+    f"""
+seed: 0
+device: cpu
+threads: 1
+backbone: {{name: sentence-encoder, max_length: 64}}
+scenario: {{name: text-mtil, shots: null, test_size: {TEST}, validation_size: {VALIDATION}, split_seed: 0}}
+train: {{iterations: {ITERATIONS}, batch_size: 16, optimizer: adamw, lr: 2.0e-3, betas: [0.9, 0.999],
+        schedule: cosine, log_every: 10, checkpoint_every: 1000}}
+eval: {{batch_size: 100, item_scores: true}}
+"""
+)
+#: the published text-mtil order and a second order of the same nine tasks (each task moved; the
+#: two 5-class review tasks and the two binary sentiment tasks still apart)
+ORDERS: dict[str, list[str]] = {
+    "published": ["agnews", "yelp", "trec", "dbpedia", "subj", "fomc", "amazon", "sst2", "mpqa"],
+    "second": ["mpqa", "dbpedia", "amazon", "subj", "trec", "yelp", "sst2", "fomc", "agnews"],
+}
+METHODS: dict[str, dict[str, Any]] = {
+    "zero-shot": {"name": "zero-shot"},
+    "lora": {"name": "lora", "r": 16},
+    # the prox half of a task is ITERATIONS / 2 steps; k climbs over all of them (official shape)
+    "codyra": {"name": "codyra", "r": 16, "ramp_steps": ITERATIONS // 2},
+    "moram": {"name": "moram", "r": 16, "delta": 0.2},
+}
+#: validation grid per method (dotted config keys); equal r = 16 so every method trains about the
+#: same number of parameters per task. CoDyRA's k_max: 0.005 is the paper's (for 250 prox steps),
+#: 0.045 shrinks the gates by the paper's total over this run's 25 prox steps.
+SWEEP: dict[str, dict[str, list[Any]]] = {
+    "lora": {"train.lr": [1.0e-3, 2.0e-3, 5.0e-3]},
+    "codyra": {"train.lr": [1.0e-3, 2.0e-3, 5.0e-3], "method.k_max": [0.005, 0.045]},
+    "moram": {"train.lr": [2.0e-3, 5.0e-3, 1.0e-2], "method.tau": [0.01, 0.1]},
+}
+SWEEP_TASKS = ORDERS["published"][:2]
+METRICS = ("transfer", "average", "last", "bwt", "plasticity")
+
+
+def sweep_settings(method: str) -> list[dict[str, Any]]:
+    grid = SWEEP.get(method, {})
+    keys = sorted(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def label(setting: dict[str, Any]) -> str:
+    return ",".join(f"{k.split('.')[-1]}={v:g}" for k, v in sorted(setting.items())) or "default"
+
+
+def make_config(method: str, setting: dict[str, Any], tasks: list[str], seed: int, evaluate_on: str, run_dir: Path) -> dict:
+    from rankwise.config import apply_override
+
+    data = copy.deepcopy(BASE)
+    data["name"] = run_dir.name
+    data["seed"] = seed
+    data["method"] = copy.deepcopy(METHODS[method])
+    data["scenario"]["tasks"] = list(tasks)
+    data["scenario"]["evaluate_on"] = evaluate_on
+    data["output"] = {"dir": str(run_dir)}
+    for key, value in setting.items():
+        apply_override(data, f"{key}={json.dumps(value)}")  # JSON is YAML
+    return data
+
+
+# -- running jobs -------------------------------------------------------------------------------
+def run_job(config: dict[str, Any], log: Path) -> dict[str, Any]:
+    """One run in a child process (resumed if it stopped part-way); its cost from ``wait4``."""
+    run_dir = Path(config["output"]["dir"])
+    cost_file = run_dir / "cost.json"
+    if cost_file.exists():
+        return json.loads(cost_file.read_text())
+    config_file = run_dir.parent / f"{run_dir.name}.yaml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [sys.executable, "-m", "rankwise.cli", "run", str(config_file), "--quiet"]
+    earlier: dict[str, Any] = {}
+    partial = run_dir.parent / f"{run_dir.name}.partial_cost.json"
+    if (run_dir / "state" / "state.json").exists():
+        command += ["--resume", str(run_dir)]
+        earlier = json.loads(partial.read_text()) if partial.exists() else {}
+    elif run_dir.exists():
+        command.append("--overwrite")  # stopped before its first commit
+    start = time.perf_counter()
+    with open(log, "a") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    cost = {
+        "wall_s": round(wall + earlier.get("wall_s", 0.0), 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime + earlier.get("cpu_s", 0.0), 1),
+        "peak_rss_mib": round(max(usage.ru_maxrss / 1024, earlier.get("peak_rss_mib", 0.0)), 1),
+        "threads": config["threads"],
+        "attempts": earlier.get("attempts", 0) + 1,
+    }
+    if os.waitstatus_to_exitcode(status) != 0:
+        partial.write_text(json.dumps(cost))
+        raise RuntimeError(f"{run_dir.name}: exit status {os.waitstatus_to_exitcode(status)}; see {log}")
+    cost_file.write_text(json.dumps(cost))
+    partial.unlink(missing_ok=True)
+    return cost
+
+
+def run_all(configs: list[dict[str, Any]], workers: int, logs: Path) -> list[str]:
+    """Run every config, `workers` child processes at a time; returns the failures' messages."""
+    pending = list(configs)
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not pending:
+                    return
+                config = pending.pop(0)
+            name = Path(config["output"]["dir"]).name
+            try:
+                cost = run_job(config, logs / f"{name}.log")
+                print(f"done {name}: {cost['wall_s'] / 60:.1f} min", flush=True)
+            except RuntimeError as err:
+                with lock:
+                    failures.append(str(err))
+                print(f"FAILED {err}", flush=True)
+
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failures
+
+
+# -- reading results ----------------------------------------------------------------------------
+def read_run(run_dir: Path) -> dict[str, Any]:
+    from rankwise.metrics import summarize
+
+    matrix = np.asarray(json.loads((run_dir / "accuracy_matrix.json").read_text())["matrix"])
+    metrics = summarize(matrix)
+    t = matrix.shape[1]
+    metrics["plasticity"] = float(np.mean([matrix[j + 1, j] - matrix[0, j] for j in range(t)]))
+    metrics["mean_diagonal"] = float(np.mean([matrix[j + 1, j] for j in range(t)]))
+    return {"matrix": matrix.tolist(), "metrics": metrics, "cost": json.loads((run_dir / "cost.json").read_text())}
+
+
+def sweep_stage(runs: Path, methods: list[str], workers: int) -> dict[str, Any]:
+    """Run every method's grid on the first two tasks' validation splits; the best setting per method."""
+    jobs = {}
+    for method in methods:
+        for setting in sweep_settings(method):
+            run_dir = runs / "sweep" / f"{method}__{label(setting)}"
+            jobs[(method, label(setting))] = (setting, make_config(method, setting, SWEEP_TASKS, 0, "validation", run_dir))
+    failures = run_all([c for _, c in jobs.values()], workers, runs / "logs")
+    if failures:
+        raise SystemExit("sweep runs failed:\n" + "\n".join(failures))
+    out: dict[str, Any] = {}
+    for method in methods:
+        rows = []
+        for setting in sweep_settings(method):
+            result = read_run(runs / "sweep" / f"{method}__{label(setting)}")
+            rows.append({"setting": setting, "validation": result["metrics"], "cost": result["cost"]})
+        best = max(rows, key=lambda r: r["validation"]["last"]) if rows else {"setting": {}}
+        out[method] = {"tasks": SWEEP_TASKS, "criterion": "validation Last", "grid": rows, "chosen": best["setting"]}
+    return out
+
+
+def main_configs(runs: Path, methods: list[str], orders: list[str], seeds: list[int], chosen: dict[str, Any]) -> list[dict]:
+    configs = []
+    for order, method in itertools.product(orders, methods):
+        for seed in seeds if method != "zero-shot" else seeds[:1]:  # zero-shot has no randomness
+            setting = chosen.get(method, {}).get("chosen", {})
+            configs.append(make_config(method, setting, ORDERS[order], seed, "test", runs / order / f"{method}__s{seed}"))
+    return configs
+
+
+def summarise(runs: Path, methods: list[str], orders: list[str], seeds: list[int]) -> dict[str, Any]:
+    from rankwise.paired import load_item_scores, paired_bootstrap
+    from rankwise.report_compare import mean_interval
+
+    out: dict[str, Any] = {}
+    for order in orders:
+        per_method: dict[str, Any] = {}
+        items: dict[str, list] = {}
+        for method in methods:
+            method_seeds = seeds if method != "zero-shot" else seeds[:1]
+            done = [s for s in method_seeds if (runs / order / f"{method}__s{s}" / "cost.json").exists()]
+            if not done:
+                continue
+            results = {s: read_run(runs / order / f"{method}__s{s}") for s in done}
+            summary = {}
+            for metric in (*METRICS, "mean_diagonal"):
+                values = [results[s]["metrics"][metric] for s in done]
+                mean, half = mean_interval(values)
+                summary[metric] = {"mean": float(mean), "ci95": None if np.isnan(half) else float(half), "values": values}
+            per_method[method] = {"seeds": done, "summary": summary, "runs": {str(s): results[s] for s in done}}
+            items[method] = [load_item_scores(runs / order / f"{method}__s{s}")[1] for s in done]
+        pairs = []
+        trained = [m for m in per_method if m != "zero-shot"]
+        for a, b in itertools.combinations(trained, 2):
+            shared = [s for s in per_method[a]["seeds"] if s in per_method[b]["seeds"]]
+            if not shared:
+                continue
+            ia = [items[a][per_method[a]["seeds"].index(s)] for s in shared]
+            ib = [items[b][per_method[b]["seeds"].index(s)] for s in shared]
+            for metric in ("transfer", "average", "last", "bwt"):
+                diff = paired_bootstrap(ia, ib, metric)
+                pairs.append({"a": a, "b": b, "seeds": shared, **diff.__dict__})
+        out[order] = {"methods": per_method, "paired": pairs}
+    return out
+
+
+def fmt(summary: dict[str, Any]) -> str:
+    half = summary["ci95"]
+    return f"{summary['mean']:.1f}" + ("" if half is None else f" ± {half:.1f}")
+
+
+def tables(results: dict[str, Any]) -> str:
+    lines = []
+    for order, data in results["main"].items():
+        lines += [f"\n**{order} order** ({', '.join(ORDERS[order])})\n",
+                  "| method | seeds | Transfer | Average | Last | BWT | plasticity | wall / run |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for method, res in data["methods"].items():
+            s = res["summary"]
+            wall = np.mean([r["cost"]["wall_s"] for r in res["runs"].values()]) / 60
+            cells = " | ".join(fmt(s[m]) if m != "bwt" or method != "zero-shot" else "" for m in METRICS)
+            lines.append(f"| {method} | {len(res['seeds'])} | {cells} | {wall:.1f} min |")
+        lines += ["", "| A − B | Transfer | Average | Last | BWT |", "|---|---|---|---|---|"]
+        by_pair: dict[tuple[str, str], dict[str, Any]] = {}
+        for p in data["paired"]:
+            by_pair.setdefault((p["a"], p["b"]), {})[p["metric"]] = p
+        for (a, b), per in by_pair.items():
+            cells = " | ".join(
+                f"{per[m]['difference']:+.1f} [{per[m]['low']:+.1f}, {per[m]['high']:+.1f}] p={per[m]['p_value']:.3f}"
+                for m in ("transfer", "average", "last", "bwt")
+            )
+            lines.append(f"| {a} − {b} | {cells} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=["all", "sweep", "main", "report"], default="all")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--orders", nargs="+", default=list(ORDERS), choices=list(ORDERS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=2, help="runs at once, one torch thread each")
+    parser.add_argument("--runs", default="runs/protocol_text", help="parent folder of every run directory")
+    parser.add_argument("--out", default="benchmarks/results/text_mtil_protocol.json")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the shared base config (a smoke test: --set train.iterations=2)")
+    parser.add_argument("--first-tasks", type=int, default=None, help="only the first N tasks of each order")
+    args = parser.parse_args(argv)
+    from rankwise.config import apply_override
+
+    for item in args.overrides:
+        apply_override(BASE, item)
+    if args.first_tasks is not None:
+        for name in ORDERS:
+            ORDERS[name] = ORDERS[name][: args.first_tasks]
+    runs = Path(args.runs).resolve()
+    out = Path(args.out)
+    results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    results["protocol"] = {"base": BASE, "orders": ORDERS, "methods": METHODS, "sweep_grid": SWEEP, "seeds": args.seeds}
+    if args.stage in ("all", "sweep"):
+        results["sweep"] = {**results.get("sweep", {}), **sweep_stage(runs, [m for m in args.methods if m in SWEEP], args.workers)}
+    if args.stage in ("all", "main"):
+        if any(m in SWEEP and m not in results.get("sweep", {}) for m in args.methods):
+            raise SystemExit("run the sweep first (--stage sweep): the main runs use its chosen settings")
+        failures = run_all(main_configs(runs, args.methods, args.orders, args.seeds, results.get("sweep", {})), args.workers, runs / "logs")
+        if failures:
+            print("failed runs (rerun the same command to resume them):\n" + "\n".join(failures), file=sys.stderr)
+    if args.stage in ("all", "main", "report"):
+        results["main"] = summarise(runs, args.methods, args.orders, args.seeds)
+        costs = [json.loads(p.read_text()) for p in runs.rglob("cost.json")]
+        results["cost"] = {
+            "runs": len(costs),
+            "cpu_hours": round(sum(c["cpu_s"] for c in costs) / 3600, 2),
+            "wall_hours_summed": round(sum(c["wall_s"] for c in costs) / 3600, 2),
+            "peak_rss_mib_max": max((c["peak_rss_mib"] for c in costs), default=None),
+            "threads_per_run": 1,
+        }
+        print(tables(results))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -32,7 +32,6 @@ NOT_IMPORTED = {
     "accelerate": "transformers.Trainer requires it (rankwise.integrations, `accelerate launch`)",
     "tensorboard": "torch.utils.tensorboard imports it",
     "peft": "reads the adapters rankwise exports (tests load them with peft)",
-    "bitsandbytes": "its quantized linears are the frozen base the adapters wrap (the user builds them)",
     "pytest": "dev tool",
     "ruff": "dev tool",
 }

@@ -147,3 +147,72 @@ def test_moram_over_a_quantized_base(kind):
         got = model(x)
         bare = _quantized_net(kind)(x)
     assert not torch.allclose(got, bare, atol=1e-4)  # the bank changes the output
+
+
+def _dequantized(layer: nn.Module) -> torch.Tensor:
+    weight = layer.weight
+    if weight.dtype == torch.int8:  # per row: codes * absmax / 127
+        return weight.data.float() * (weight.SCB.float()[:, None] / 127)
+    return bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lora_output_is_the_dequantized_base_plus_the_low_rank_term(kind):
+    """Training mode, where bitsandbytes' CPU kernels multiply by the de-quantized weight: the output
+    is x W_q^T + b + 2 (x A^T) B^T with W_q de-quantized here from the stored codes and scales."""
+    model = get_model(_quantized_net(kind), LoRAConfig(r=4, lora_alpha=8, target_modules=["up", "down"]))
+    model.begin_task("t")
+    _move_factors(model)
+    layers = model.adapter_layers()
+    weights = {n: _dequantized(layer.base_layer) for n, layer in layers.items()}
+
+    def by_hand(name, inp):
+        layer = layers[name]
+        base = inp @ weights[name].t() + layer.base_layer.bias
+        return base + 2.0 * (inp @ layer.lora_A.t()) @ layer.lora_B.t()
+
+    x = torch.randn(7, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), by_hand("down", torch.relu(by_hand("up", x))), rtol=1e-5, atol=1e-5)
+
+
+def test_training_after_an_evaluation_still_reaches_the_first_layer_over_nf4():
+    """bitsandbytes repacks a 4-bit weight for its AVX512-BF16 CPU kernel at an eval-mode call and keeps
+    using that kernel, which has no backward, in training mode; the adapter layer switches it off."""
+    model = get_model(_quantized_net("nf4"), LoRAConfig(r=4, target_modules=["up", "down"]))
+    x = torch.randn(5, 64)
+    model.begin_task("t")
+    _move_factors(model)
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(x)
+    model.train()
+    out = model(x)
+    torch.testing.assert_close(out, evaluated, rtol=0, atol=0)  # one kernel in both modes
+    out.square().sum().backward()
+    up = model.adapter_layers()["up"]
+    assert up.lora_A.grad is not None and up.lora_A.grad.abs().sum() > 0
+
+
+def test_a_torchao_base_keeps_merges_as_factors():
+    """torchao's weight-only int8 keeps nn.Linear with a tensor-subclass weight of float dtype that has
+    no in-place add: it counts as quantized, so CoDyRA's merge stays a pair of factors."""
+    quantization = pytest.importorskip("torchao.quantization")
+    net = _float_net()
+    quantization.quantize_(net, quantization.Int8WeightOnlyConfig())
+    model = get_model(net, CoDyRAConfig(r=4, target_modules=["up", "down"]))
+    x = torch.randn(6, 64)
+    model.begin_task("t1")
+    layers = model.adapter_layers()
+    assert all(layer.base_is_quantized and layer.lora_A.dtype == torch.float32 for layer in layers.values())
+    _move_factors(model)
+    codes = {n: layer.base_layer.weight.dequantize().clone() for n, layer in layers.items()}
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        model.end_task()
+        after = model(x)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(layer.base_layer.weight.dequantize(), codes[n]) for n, layer in layers.items())
+    with pytest.raises(RankwiseError, match="quantized base"):
+        model.merge_and_unload()

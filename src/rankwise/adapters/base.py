@@ -212,6 +212,10 @@ class AdapterLayer(nn.Module):
         self.merged_tasks = 0
         for p in base_layer.parameters():
             p.requires_grad_(False)
+        # bitsandbytes' 4-bit layer on an AVX512-BF16 CPU repacks its weight for an inference kernel at the
+        # first eval call and keeps that kernel in training, where it has no backward: keep the other one
+        if getattr(base_layer, "support_avx512bf16_for_cpu", False):
+            base_layer.support_avx512bf16_for_cpu = False
 
     @property
     def weight(self) -> torch.Tensor:
@@ -247,9 +251,11 @@ class AdapterLayer(nn.Module):
 
     @property
     def base_is_quantized(self) -> bool:
-        """Whether the base weight is stored quantized (bitsandbytes int8 / 4-bit: no floating dtype).
+        """Whether the base weight is stored quantized: bitsandbytes int8 / 4-bit (no floating dtype), or
+        a tensor subclass such as torchao's (a float dtype over int8 storage, no in-place add).
         Nothing can be merged into it: merged tasks stay factors that `base_output` adds."""
-        return not self.base_layer.weight.dtype.is_floating_point
+        weight = self.base_layer.weight
+        return not weight.dtype.is_floating_point or type(weight) not in (nn.Parameter, torch.Tensor)
 
     def base_output(self, x: torch.Tensor) -> torch.Tensor:
         """The frozen layer's output: ``base_layer(x)``, plus, over a quantized base, the tasks merged
@@ -321,11 +327,14 @@ class AdapterLayer(nn.Module):
 
     def _factor_like(self) -> torch.Tensor:
         """A tensor whose dtype and device new factors take: the base weight, or for a quantized base
-        an empty tensor of its compute dtype (bitsandbytes' ``compute_dtype``, else float32)."""
+        an empty tensor of its compute dtype (bitsandbytes' ``compute_dtype``; a tensor subclass's float
+        dtype; else float32, e.g. bitsandbytes int8, whose bfloat16 inputs the factors then cast)."""
         weight = self.base_layer.weight
         if not self.base_is_quantized:
             return weight
-        dtype = getattr(self.base_layer, "compute_dtype", None) or torch.float32
+        dtype = getattr(self.base_layer, "compute_dtype", None) or (
+            weight.dtype if weight.dtype.is_floating_point else torch.float32
+        )
         return torch.empty(0, dtype=dtype, device=weight.device)
 
     # -- merged history (methods that merge after each task) -------------------------------------

@@ -82,7 +82,7 @@ def restore(
     heads = saved_modules.resolve(model, config.modules_to_save, layers)
     saved_modules.check_state(directory, heads, saved.get("modules_to_save"), tensors)
     for name, layer in layers.items():
-        if saved["layers"][name]["merged_tasks"]:
+        if saved["layers"][name]["merged_tasks"] and not layer.base_is_quantized:  # else nothing is written
             edit.before_write(layer.base_layer.weight)
         layer.load_adapter_state(saved["layers"][name], tensors.get(name, {}))
     saved_modules.load_state(heads, tensors, edit)

@@ -40,6 +40,7 @@ from rankwise.backbones.causal_lm_config import CausalLMConfig as CausalLMConfig
 from rankwise.backbones.causal_lm_config import default_model_path as default_model_path
 from rankwise.backbones.causal_lm_config import resolve_model_files as resolve_model_files
 from rankwise.backbones.hub import ModelSource, hub_load_error
+from rankwise.backbones.quantize import quantize_linears
 from rankwise.errors import ConfigError, DataError
 from rankwise.tasks import GenerationExample, Task
 
@@ -290,6 +291,7 @@ def build_backbone(config: CausalLMConfig, device: str | torch.device | None = N
     )
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    quantize_linears(model, config.quantize, DTYPES[config.dtype])  # quantized by the move below
     dev = torch.device(config.device or device or "cpu")
     model.to(dev)
     return CausalLMBackbone(model, tokenizer, config.max_length, use_template, dev, options=config)

@@ -14,6 +14,7 @@ import torch
 
 from rankwise.backbones import trace_format
 from rankwise.backbones.hub import resolve_model_source
+from rankwise.backbones.quantize import QUANTIZE_KINDS
 from rankwise.errors import ConfigError, choices
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -65,6 +66,14 @@ class CausalLMConfig:
         default="auto",
         metadata={
             "help": "wrap prompts in the tokenizer's chat template: 'on', 'off', 'auto' (= if it has one)"
+        },
+    )
+    quantize: str = field(
+        default="none",
+        metadata={
+            "help": "store the frozen base quantized (bitsandbytes, pip install \"rankwise[quant]\"): 'none', "
+            "'int8' (LLM.int8()) or 'nf4' (4-bit NormalFloat); every linear but the LM head, embeddings "
+            "kept; adapters stay float and a merged task stays a pair of factors (docs/scale.md)"
         },
     )
     gradient_checkpointing: bool = field(
@@ -123,6 +132,8 @@ class CausalLMConfig:
             raise ConfigError("backbone.max_length", self.max_length, "an integer >= 2")
         if self.chat_template not in CHAT_TEMPLATE_MODES:
             raise ConfigError("backbone.chat_template", self.chat_template, choices(CHAT_TEMPLATE_MODES))
+        if self.quantize not in QUANTIZE_KINDS:
+            raise ConfigError("backbone.quantize", self.quantize, choices(QUANTIZE_KINDS))
         if not isinstance(self.gradient_checkpointing, bool):
             raise ConfigError("backbone.gradient_checkpointing", self.gradient_checkpointing, "true or false")
         trace_format.check_options(self, PROMPT_FORMATS)

@@ -19,6 +19,7 @@ with huggingface_hub; offline it is refused, on one line, before anything is bui
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from pathlib import Path
@@ -94,8 +95,15 @@ def push_folder(folder: Path, repo: str) -> str:
 
 
 def _load(config: Any, checkpoint: Path) -> tuple[Any, torch.nn.Module]:
-    """(backbone, model after the checkpoint's task): a RankwiseModel, or the plain model of a ``full`` run."""
-    backbone = BACKBONES[config.backbone.name].load_factory()(config.backbone.config, torch.device("cpu"))
+    """(backbone, model after the checkpoint's task): a RankwiseModel, or the plain model of a ``full`` run.
+
+    A run over a quantized base (``backbone.quantize``) is rebuilt on the float base: its merged tasks
+    are kept as exact factors, so ``merged`` folds them into the float weights (W + sum B A), as a
+    float run would, and the other formats need no base weights."""
+    options = config.backbone.config
+    if getattr(options, "quantize", "none") != "none":
+        options = dataclasses.replace(options, quantize="none")
+    backbone = BACKBONES[config.backbone.name].load_factory()(options, torch.device("cpu"))
     return backbone, strategy_for(config.method.name).restore(backbone.model, checkpoint, torch.device("cpu"))
 
 

@@ -197,10 +197,11 @@ def plan_config(config: Any, gpus: tuple[int, ...] = (2, 4, 8)) -> tuple[list[Pl
     common = dict(num_tasks=num_tasks, seq_len=bb.max_length, batch=micro, element=element,
                   checkpointing=bb.gradient_checkpointing)  # fmt: skip
     shape = LMShape.from_config(hf_config)
-    plans = [estimate(model, shape, adapter, **common)]
-    plans[0].label = "as configured, 1 GPU (= per GPU under DDP, + bucket)"
+    quant = bb.quantize  # backbone.quantize: the configured base
+    plans = [estimate(model, shape, adapter, quant=quant, **common)]
+    plans[0].label = f"as configured (base {quant}), 1 GPU (= per GPU under DDP, + bucket)"
     plans += [estimate(model, shape, adapter, parallel="fsdp", gpus=n, **common) for n in gpus]
-    plans += [estimate(model, shape, adapter, quant=q, **common) for q in ("int8", "nf4")]
+    plans += [estimate(model, shape, adapter, quant=q, **common) for q in ("none", "int8", "nf4") if q != quant]
     params = sum(p.numel() for p in model.parameters())
     assumptions = [
         f"model: {type(model).__name__}, {params / 1e9:.2f}B parameters ({bb.dtype}), from {folder}",

@@ -120,6 +120,15 @@ class RunStrategy:
 class FullFineTuning(RunStrategy):
     """``method.name: full``."""
 
+    def resolve(self, config: RunConfig, backbone: Any) -> None:
+        """Refuse a quantized base (``backbone.quantize``): int8 / 4-bit weights cannot train."""
+        stored = [n for n, p in backbone.model.named_parameters() if not p.dtype.is_floating_point]
+        if stored:
+            raise ConfigError(
+                "method.name", "full", f"an adapter method: the base is quantized ({stored[0]}, ...), so its "
+                "weights cannot train; or set backbone.quantize: none",
+            )  # fmt: skip
+
 
 class ZeroShot(RunStrategy):
     """``method.name: zero-shot``: evaluated once, never trained, never restored."""

@@ -59,6 +59,26 @@ def test_caps_are_seeded_ordered_subsamples_and_test_is_seed_independent(root):
     assert a[0].info["n_train_available"] == 10
 
 
+def test_validation_is_held_out_of_train_before_the_cap_and_fixed_across_seeds(root):
+    cfg = dict(root=str(root), tasks=["FOMC"], validation_size=3, max_train=4)
+    (trained,) = build_scenario(TraceConfig(**cfg), seed=0)
+    (scored,) = build_scenario(TraceConfig(**cfg, evaluate_on="validation"), seed=0)
+    (other_seed,) = build_scenario(TraceConfig(**cfg, evaluate_on="validation"), seed=5)
+    validation = {ex.prompt for ex in scored.test}
+    assert len(validation) == 3 and validation <= {f"f prompt {i}" for i in range(10)}
+    assert not validation & {ex.prompt for ex in trained.train} and len(trained.train) == 4
+    assert trained.test == [GenerationExample(f"ft prompt {i}", f"ft answer {i}") for i in range(4)]
+    assert other_seed.test == scored.test  # test_seed, not the run seed
+    for seed in range(6):  # no run seed's training subsample touches the validation items
+        (task,) = build_scenario(TraceConfig(**cfg), seed=seed)
+        assert not validation & {ex.prompt for ex in task.train}
+    assert scored.info["n_validation"] == 3 and scored.info["evaluated_split"] == "validation"
+    with pytest.raises(ConfigError, match="scenario.validation_size.*fewer than the 10 train examples"):
+        build_scenario(TraceConfig(root=str(root), tasks=["FOMC"], validation_size=10), seed=0)
+    with pytest.raises(ConfigError, match="scenario.evaluate_on"):
+        TraceConfig(root=str(root), tasks=["FOMC"], evaluate_on="validation")
+
+
 def test_overrides(root):
     cfg = TraceConfig(
         root=str(root),

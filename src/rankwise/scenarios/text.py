@@ -101,6 +101,11 @@ def check_sampling(
         raise ConfigError("scenario.test_size", test_size, "an integer >= 1, or null for the whole test set")
     if not isinstance(split_seed, int):
         raise ConfigError("scenario.split_seed", split_seed, "an integer")
+    check_validation(validation_size, evaluate_on)
+
+
+def check_validation(validation_size: object, evaluate_on: object) -> None:
+    """``scenario.validation_size`` (None or >= 1) and ``scenario.evaluate_on`` (validation needs a size)."""
     if validation_size is not None and (
         not isinstance(validation_size, int) or isinstance(validation_size, bool) or validation_size < 1
     ):

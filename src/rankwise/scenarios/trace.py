@@ -45,6 +45,7 @@ from typing import Any
 from rankwise import io
 from rankwise.errors import ConfigError, DataError, choices
 from rankwise.scenarios.readers import TASKS, load_cl_benchmark, load_trec, resolve_root
+from rankwise.scenarios.text import check_validation
 from rankwise.scoring import SCORERS
 from rankwise.tasks import GenerationExample, Task
 
@@ -150,7 +151,14 @@ class TraceConfig:
         default="eval", metadata={"help": "file stem used when the test split is missing (null = none)"}
     )
     test_seed: int = field(
-        default=0, metadata={"help": "seed of the test subsample (fixed across run seeds)"}
+        default=0, metadata={"help": "seed of the test and validation subsamples (fixed across run seeds)"}
+    )
+    validation_size: int | None = field(
+        default=None,
+        metadata={"help": "validation items per task, drawn from train before max_train (never trained on)"},
+    )
+    evaluate_on: str = field(
+        default="test", metadata={"help": "held-out split scored: test, or validation (for tuning)"}
     )
     epochs: int | dict | None = field(
         default=None,
@@ -196,6 +204,7 @@ class TraceConfig:
             raise ConfigError("scenario.examples_per_step", eps, "an integer >= 1 or null")
         for name in ("max_train", "max_test", "max_new_tokens", "epochs"):
             _check_per_task(f"scenario.{name}", getattr(self, name), self.tasks)
+        check_validation(self.validation_size, self.evaluate_on)
         if not isinstance(self.metrics, Mapping):
             raise ConfigError("scenario.metrics", self.metrics, "a mapping {task: metric}")
         for task, metric in {**self.metrics, "<default_metric>": self.default_metric}.items():
@@ -324,7 +333,19 @@ def build_task(name: str, config: TraceConfig, seed: int) -> Task:
     for split, examples in splits.items():
         if not examples:
             raise DataError(f"task {name!r}: the {info[split + '_split']} split is empty ({info['source']})")
-    train = subsample(splits["train"], config.cap("max_train", name), random.Random(f"{seed}/{name}/train"))
+    pool = splits["train"]
+    validation: list = []
+    if config.validation_size is not None:  # held out first, so no run seed ever trains on it
+        if config.validation_size >= len(pool):
+            raise ConfigError(
+                "scenario.validation_size", config.validation_size,
+                f"fewer than the {len(pool)} train examples of task {name!r} ({info['source']})",
+            )  # fmt: skip
+        rng = random.Random(f"{config.test_seed}/{name}/validation")
+        held = set(rng.sample(range(len(pool)), config.validation_size))
+        validation = [e for i, e in enumerate(pool) if i in held]
+        pool = [e for i, e in enumerate(pool) if i not in held]
+    train = subsample(pool, config.cap("max_train", name), random.Random(f"{seed}/{name}/train"))
     test = subsample(
         splits["test"], config.cap("max_test", name), random.Random(f"{config.test_seed}/{name}/test")
     )
@@ -334,6 +355,9 @@ def build_task(name: str, config: TraceConfig, seed: int) -> Task:
         n_train_available=len(splits["train"]),
         n_test_available=len(splits["test"]),
     )
+    if config.validation_size is not None:
+        info.update(n_validation=len(validation), evaluated_split=config.evaluate_on)
+        test = validation if config.evaluate_on == "validation" else test
     epochs = config.cap("epochs", name)
     if epochs is not None and config.examples_per_step is not None:
         info.update(epochs=epochs, iterations=math.ceil(epochs * len(train) / config.examples_per_step))

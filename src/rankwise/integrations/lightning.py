@@ -73,11 +73,10 @@ class RankwiseCallback(Callback):
                 "fit() with no active task: give the task as RankwiseCallback(task) (it begins the task before "
                 "Lightning builds the optimizer) or call model.begin_task(name) before fit()"
             )
-        held = {id(p) for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]}
-        missing = [p for p in model.trainable_parameters() if id(p) not in held]
+        missing = model.count_untrained(trainer.optimizers)
         if missing:
             raise LifecycleError(
-                f"the optimizer does not hold {len(missing)} trainable tensor(s) of task {model.current_task!r}; "
+                f"the optimizer does not hold {missing} trainable tensor(s) of task {model.current_task!r}; "
                 "configure_optimizers should return an optimizer over model.trainable_parameters()"
             )
         self._start_step = self._last_step = trainer.global_step

@@ -83,11 +83,10 @@ class RankwiseTrainerCallback(TrainerCallback):
             )  # fmt: skip
         optimizer = kwargs.get("optimizer")
         if optimizer is not None:
-            held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            missing = [p for p in model.trainable_parameters() if id(p) not in held]
+            missing = model.count_untrained([optimizer])
             if missing:
                 raise LifecycleError(
-                    f"the optimizer does not hold {len(missing)} trainable tensor(s) of task "
+                    f"the optimizer does not hold {missing} trainable tensor(s) of task "
                     f"{model.current_task!r}: it was built before begin_task(). Use RankwiseTrainer.train_task"
                     "(name), or set trainer.optimizer = trainer.lr_scheduler = None before trainer.train()"
                 )

@@ -28,7 +28,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import interleaved_medians, machine_conditions  # noqa: E402
-from speed import RANK, minilm_workload, moram_model, shared_copy, train_step, training_setup  # noqa: E402
+from speed import (  # noqa: E402
+    RANK,
+    minilm_workload,
+    moram_model,
+    randomise_values,
+    shared_copy,
+    train_step,
+    training_setup,
+)
 
 import rankwise  # noqa: E402
 from rankwise.engine.compiled import compile_model  # noqa: E402
@@ -42,9 +50,7 @@ def _inference_model(w: Any, variant: str) -> torch.nn.Module:
     cfg_cls = {"lora": rankwise.LoRAConfig, "codyra": rankwise.CoDyRAConfig}[variant]
     model = rankwise.get_model(shared_copy(w.module), cfg_cls(r=RANK, lora_alpha=RANK, target_modules=w.targets))
     model.begin_task("t0")
-    with torch.no_grad():
-        for layer in model.adapter_layers().values():
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=torch.Generator().manual_seed(0)) * 0.02)
+    randomise_values(model, torch.Generator().manual_seed(0))
     return model.eval()
 
 

@@ -143,6 +143,7 @@ def test_seed_runs_grouped_and_averaged_in_report(tmp_path, seeds, runs):
         assert cell == f"{(a + b) / 2:.2f} ± {12.7062 * abs(a - b) / 2:.2f}", key
     codyra = next(line for line in md.splitlines() if line.startswith("| rep_codyra |") and "± " not in line)
     assert f"{runs['codyra'].metrics['last']:.2f}" in codyra
+    assert "Paired differences" not in md  # no run wrote per-item scores
 
 
 def test_overlay_curves_are_seed_means_with_bands(tmp_path, seeds, runs):
@@ -176,3 +177,28 @@ def test_overlay_curves_are_seed_means_with_bands(tmp_path, seeds, runs):
     np.testing.assert_array_equal(x, sorted(losses[0]))
     np.testing.assert_allclose(y, [(losses[0][k] + losses[1][k]) / 2 for k in sorted(losses[0])])
     assert any("![overlay_loss](overlay_loss.png)" == line for line in lines)
+
+
+def test_report_adds_paired_differences_for_runs_with_item_scores(tmp_path):
+    """Two experiments x two seeds with per-item scores: report.md has their paired row, and its
+    differences are the seed means of the metric differences (a single common seed is enough)."""
+    torch.set_num_threads(1)
+    results = {}
+    for method in ("lora", "moram"):
+        for seed in (1, 2):
+            data = _config(method)
+            data.update(name=f"pair_{method}_seed{seed}", seed=seed)
+            data["eval"] = {**data.get("eval", {}), "item_scores": True}
+            results[method, seed] = run_experiment(config_from_dict(data), tmp_path / f"{method}{seed}", quiet=True)
+    out = tmp_path / "report"
+    write_report([r.run_dir for r in results.values()], out)
+    md = (out / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| pair_lora (n=2) − pair_moram (n=2) |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2"
+    for cell, key in zip(cells[2:6], ("transfer", "average", "last", "bwt")):
+        by_hand = np.mean([results["lora", s].metrics[key] - results["moram", s].metrics[key] for s in (1, 2)])
+        assert cell.startswith(f"{by_hand:+.2f} ["), (key, cell)
+    plain = tmp_path / "plain"
+    write_report([results["lora", 1].run_dir, results["moram", 1].run_dir], plain)
+    assert "| pair_lora_seed1 − pair_moram_seed1 | 1 |" in (plain / "report.md").read_text()

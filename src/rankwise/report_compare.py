@@ -13,11 +13,14 @@ Files (written by `rankwise.report.write_report` when it is given two or more ru
 * ``overlay_loss.png``      training loss per step, one curve per group (tasks in sequence), a band
   for the 95% interval where a group has several seeds;
 * ``overlay_accuracy.png``  mean accuracy over all tasks after each task (0 = zero-shot), same style;
-* report.md gains a table of Transfer / Average / Last / BWT per group as ``mean +- half-width``.
+* report.md gains a table of Transfer / Average / Last / BWT per group as ``mean +- half-width``, and,
+  when the runs wrote per-item scores (``eval.item_scores: true``), the paired bootstrap of every
+  difference between two groups over their common seeds and test items (`rankwise.paired`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -25,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rankwise.errors import RankwiseError
 
 #: t_{0.975, df} for df = 1..30 (Student t, two-sided 95%)
 _T975 = (
@@ -123,6 +128,50 @@ def seed_table(groups: list[list[Any]]) -> list[str]:
     return lines
 
 
+def paired_table(groups: list[list[Any]]) -> list[str]:
+    """Markdown rows: for each two groups with per-item scores (``eval.item_scores``) on the same tasks,
+    the paired bootstrap of each metric's difference over their common seeds (`rankwise.paired`);
+    nothing when no two groups qualify."""
+    from rankwise.paired import load_item_scores, paired_bootstrap
+
+    scored = []
+    for group in groups:
+        runs = {}
+        for run in group:
+            if run.metrics and (run.path / "item_scores").is_dir():
+                try:
+                    runs[run.config.get("seed")] = load_item_scores(run.path)
+                except RankwiseError:
+                    continue  # a run with incomplete item scores takes no part
+        if runs:
+            scored.append((group_label(group), runs))
+    lines = []
+    for (name_a, a), (name_b, b) in itertools.combinations(scored, 2):
+        seeds = [s for s in a if s in b and a[s][0] == b[s][0]]
+        if not seeds:
+            continue
+        cells = []
+        for metric in METRICS:
+            try:
+                d = paired_bootstrap([a[s][1] for s in seeds], [b[s][1] for s in seeds], metric)
+            except RankwiseError:  # not the same items
+                cells = []
+                break
+            cells.append(f"{d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}] p={d.p_value:.3f}")
+        if cells:
+            lines.append(f"| {name_a} − {name_b} | {len(seeds)} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return [
+        "Paired differences (bootstrap over seeds and test items, 95% interval, two-sided p):",
+        "",
+        "| A − B | seeds | Transfer | Average | Last | BWT |",
+        "|---|---|---|---|---|---|",
+        *lines,
+        "",
+    ]
+
+
 def _band(ax, x, values: np.ndarray, label: str) -> None:
     mean, half = mean_interval(values)
     (line,) = ax.plot(x, mean, label=label)
@@ -170,6 +219,7 @@ def compare_section(runs: list[Any], out: Path, plt, save) -> tuple[list[Path], 
         "",
         *seed_table(groups),
         "",
+        *paired_table(groups),
     ]
     lines += [f"![{p.stem}]({p.name})" for p in written] + [""]
     return written, lines

@@ -112,6 +112,20 @@ def test_test_file_and_test_size_and_shots(tmp_path):
     assert len(task.test) == 6 and task.info["n_test_total"] == 12 and task.info["split"] == "files"
 
 
+def test_validation_split_of_a_users_file_and_preset_tasks(tmp_path):
+    train = write_rows(tmp_path / "train.csv", ROWS, "csv")  # 30 rows, 10 per label
+    test = write_rows(tmp_path / "test.csv", ROWS[:12], "csv")
+    spec = {"name": "f", "source": str(train), "test_source": str(test)}
+    trained = one(spec, validation_size=6)
+    scored = one(spec, validation_size=6, evaluate_on="validation")
+    assert len(trained.train) == 24 and len(scored.test) == 6
+    assert Counter(e.label for e in scored.test) == {0: 2, 1: 2, 2: 2}  # stratified
+    assert not {e.input for e in scored.test} & {e.input for e in trained.train}
+    assert trained.test == one(spec).test and trained.info["n_validation"] == 6
+    with pytest.raises(ConfigError, match="scenario.evaluate_on"):
+        TextClassificationConfig(tasks=[spec], evaluate_on="validation")
+
+
 def test_hugging_face_folder_with_class_label_and_named_splits(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")

@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
+    from rankwise import io
+
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device visible to torch (use --device cpu to check the script)", file=sys.stderr)
         return 2
@@ -119,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speed.py --quick: {'ok' if done.returncode == 0 else 'FAILED'}", flush=True)
     report["failed"] = failed
     path = Path(args.out or ROOT / "benchmarks" / "results" / f"gpu_check_{args.device}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, path)
+    io.write_json(path, report)
     print(f"wrote {path}; {'all checks passed' if not failed else 'failed: ' + ', '.join(failed)}")
     return 1 if failed else 0
 

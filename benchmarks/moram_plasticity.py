@@ -20,14 +20,14 @@ top-k slots). Writes benchmarks/results/moram_plasticity.json and prints a markd
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import protocol  # noqa: E402  (the protocol's text track, run_all and read_run)
+
+from rankwise import io  # noqa: E402
 
 #: (label, method, dotted-key setting)
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
@@ -92,10 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['label']} | {r['gain']:+.1f} ({r['zero_shot']:.1f} -> {r['learned']:.1f}) |")
     print("\n".join(lines))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, out)
+    io.write_json(out, results)  # atomic: a stopped protocol never leaves half a results file
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from rankwise import io
+
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("transfer", "average", "last", "bwt", "plasticity")
 
@@ -167,8 +169,7 @@ def run_job(config: dict[str, Any], log: Path) -> dict[str, Any]:
     if cost_file.exists():
         return json.loads(cost_file.read_text())
     config_file = run_dir.parent / f"{run_dir.name}.yaml"
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    io.write_text(config_file, yaml.safe_dump(config, sort_keys=False))
     command = [sys.executable, "-m", "rankwise.cli", "run", str(config_file), "--quiet"]
     earlier: dict[str, Any] = {}
     partial = run_dir.parent / f"{run_dir.name}.partial_cost.json"
@@ -190,9 +191,9 @@ def run_job(config: dict[str, Any], log: Path) -> dict[str, Any]:
         "attempts": earlier.get("attempts", 0) + 1,
     }
     if os.waitstatus_to_exitcode(status) != 0:
-        partial.write_text(json.dumps(cost))
+        io.write_json(partial, cost)
         raise RuntimeError(f"{run_dir.name}: exit status {os.waitstatus_to_exitcode(status)}; see {log}")
-    cost_file.write_text(json.dumps(cost))
+    io.write_json(cost_file, cost)  # atomic: its presence marks the run done
     partial.unlink(missing_ok=True)
     return cost
 
@@ -387,10 +388,7 @@ def main(argv: list[str] | None = None) -> None:
             "threads_per_run": 1,
         }
         print(tables(track, results))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, out)
+    io.write_json(out, results)  # atomic: a stopped protocol never leaves half a results file
 
 
 if __name__ == "__main__":

@@ -263,11 +263,14 @@ def sweep_stage(track: Track, runs: Path, methods: list[str], workers: int) -> d
 
 
 def main_configs(track: Track, runs: Path, methods: list[str], orders: list[str], seeds: list[int], chosen: dict[str, Any]) -> list[dict]:
+    """Seed-major: every method of a seed before the next seed, so a stopped protocol holds complete
+    seeds to compare (zero-shot has no randomness: it runs with the first seed only)."""
     configs = []
-    for order, method in itertools.product(orders, methods):
-        for seed in seeds if method != "zero-shot" else seeds[:1]:  # zero-shot has no randomness
+    for order, seed, method in itertools.product(orders, seeds, methods):
+        if method != "zero-shot" or seed == seeds[0]:
             setting = chosen.get(method, {}).get("chosen", {})
-            configs.append(make_config(track, method, setting, track.orders[order], seed, "test", runs / order / f"{method}__s{seed}"))
+            run_dir = runs / order / f"{method}__s{seed}"
+            configs.append(make_config(track, method, setting, track.orders[order], seed, "test", run_dir))
     return configs
 
 

@@ -120,6 +120,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         notes = sorted({n for p in plans for n in p.notes})
         print("\n".join(f"note: {n}" for n in notes) + ("\n" if notes else ""), end="")
         return 0
+    finished = False
     try:
         result = run_experiment(
             config,
@@ -128,8 +129,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             quiet=args.quiet,
         )
+        finished = True
     finally:
-        _leave_process_group()
+        _leave_process_group(together=finished)
     if not _is_main_rank():  # torchrun: rank 0 reports
         return 0
     if result.already_finished:  # exit 0: resuming a finished run is done, not an error
@@ -179,11 +181,16 @@ def _is_main_rank() -> bool:
         return True
 
 
-def _leave_process_group() -> None:
-    """Under torchrun: leave the process group the engine joined (clean exit, no warnings)."""
+def _leave_process_group(together: bool = False) -> None:
+    """Under torchrun: leave the process group the engine joined (clean exit, no warnings). With
+    `together` (the run finished on this rank, so on every rank) the ranks first meet at a barrier:
+    a rank that tore down its gloo connections while rank 0 still wrote the run's last files was
+    seen to abort in its teardown ("terminate called without an active exception") under load."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

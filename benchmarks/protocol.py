@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import itertools
 import json
 import os
@@ -46,6 +47,7 @@ import numpy as np
 import yaml
 
 from rankwise import io
+from rankwise.paired import PairedDifference, format_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("transfer", "average", "last", "bwt", "plasticity")
@@ -305,7 +307,7 @@ def summarise(runs: Path, methods: list[str], orders: list[str], seeds: list[int
             ib = [items[b][per_method[b]["seeds"].index(s)] for s in shared]
             for metric in ("transfer", "average", "last", "bwt"):
                 diff = paired_bootstrap(ia, ib, metric)
-                pairs.append({"a": a, "b": b, "seeds": shared, **diff.__dict__})
+                pairs.append({"a": a, "b": b, "seeds": shared, **dataclasses.asdict(diff)})
         out[order] = {"methods": per_method, "paired": pairs}
     return out
 
@@ -326,15 +328,14 @@ def tables(track: Track, results: dict[str, Any]) -> str:
             wall = np.mean([r["cost"]["wall_s"] for r in res["runs"].values()]) / 60
             cells = " | ".join(fmt(s[m]) if m != "bwt" or method != "zero-shot" else "" for m in METRICS)
             lines.append(f"| {method} | {len(res['seeds'])} | {cells} | {wall:.1f} min |")
-        lines += ["", "| A − B | Transfer | Average | Last | BWT |", "|---|---|---|---|---|"]
+        lines += ["", "Paired differences, bootstrap over seeds and test items (95% interval, two-sided p):", "",
+                  "| A − B | Transfer | Average | Last | BWT |", "|---|---|---|---|---|"]  # fmt: skip
         by_pair: dict[tuple[str, str], dict[str, Any]] = {}
+        fields = {f.name for f in dataclasses.fields(PairedDifference)}
         for p in data["paired"]:
-            by_pair.setdefault((p["a"], p["b"]), {})[p["metric"]] = p
+            by_pair.setdefault((p["a"], p["b"]), {})[p["metric"]] = {k: v for k, v in p.items() if k in fields}
         for (a, b), per in by_pair.items():
-            cells = " | ".join(
-                f"{per[m]['difference']:+.1f} [{per[m]['low']:+.1f}, {per[m]['high']:+.1f}] p={per[m]['p_value']:.3f}"
-                for m in ("transfer", "average", "last", "bwt")
-            )
+            cells = " | ".join(format_difference(PairedDifference(**per[m])) for m in ("transfer", "average", "last", "bwt"))
             lines.append(f"| {a} − {b} | {cells} |")
     return "\n".join(lines)
 

@@ -12,7 +12,7 @@ from rankwise.config import load_config
 from rankwise.engine.continual import run_experiment
 from rankwise.errors import ConfigError, DataError
 from rankwise.metrics import summarize
-from rankwise.paired import linear_coefficients, load_item_scores, paired_bootstrap
+from rankwise.paired import format_difference, linear_coefficients, load_item_scores, paired_bootstrap
 
 
 def test_linear_coefficients_by_hand_for_three_tasks():
@@ -68,6 +68,9 @@ def test_identical_methods_differ_by_zero_and_a_clear_gap_is_significant():
     worse = [_run(rng, 2, n_items, np.full((3, 2), 0.5)) for _ in range(3)]
     gap = paired_bootstrap(better, worse, "last", n_boot=1000)
     assert 22 < gap.difference < 38 and gap.low > 0 and gap.p_value < 0.01
+    if gap.p_value == 0:  # no draw at or below zero: shown as the test's resolution, not as p = 0
+        assert format_difference(gap).endswith(" p<0.0020")
+    assert format_difference(result) == "+0.00 [+0.00, +0.00] p=1.000"
 
 
 def test_no_difference_is_rarely_called_significant():

@@ -80,6 +80,13 @@ class PairedDifference:
     n_boot: int
 
 
+def format_difference(d: PairedDifference) -> str:
+    """``+1.2 [-0.3, +2.8] p=0.094``; a p-value of 0 (no draw on the far side of zero) is shown as the
+    resolution of the test, ``p<2/n_boot``."""
+    p = f"p<{2 / d.n_boot:.4f}" if d.p_value == 0 else f"p={d.p_value:.3f}"
+    return f"{d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}] {p}"
+
+
 def paired_bootstrap(
     runs_a: Sequence[RunItems],
     runs_b: Sequence[RunItems],

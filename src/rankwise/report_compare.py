@@ -132,7 +132,7 @@ def paired_table(groups: list[list[Any]]) -> list[str]:
     """Markdown rows: for each two groups with per-item scores (``eval.item_scores``) on the same tasks,
     the paired bootstrap of each metric's difference over their common seeds (`rankwise.paired`);
     nothing when no two groups qualify."""
-    from rankwise.paired import load_item_scores, paired_bootstrap
+    from rankwise.paired import format_difference, load_item_scores, paired_bootstrap
 
     scored = []
     for group in groups:
@@ -157,7 +157,7 @@ def paired_table(groups: list[list[Any]]) -> list[str]:
             except RankwiseError:  # not the same items
                 cells = []
                 break
-            cells.append(f"{d.difference:+.2f} [{d.low:+.2f}, {d.high:+.2f}] p={d.p_value:.3f}")
+            cells.append(format_difference(d))
         if cells:
             lines.append(f"| {name_a} − {name_b} | {len(seeds)} | " + " | ".join(cells) + " |")
     if not lines:

@@ -277,13 +277,13 @@ def main_configs(track: Track, runs: Path, methods: list[str], orders: list[str]
 
 
 def summarise(runs: Path, methods: list[str], orders: list[str], seeds: list[int]) -> dict[str, Any]:
-    from rankwise.paired import load_item_scores, paired_bootstrap
+    from rankwise.paired import compare_by_seed, load_item_scores
     from rankwise.report_compare import mean_interval
 
     out: dict[str, Any] = {}
     for order in orders:
         per_method: dict[str, Any] = {}
-        items: dict[str, list] = {}
+        items: dict[str, dict] = {}
         for method in methods:
             method_seeds = seeds if method != "zero-shot" else seeds[:1]
             done = [s for s in method_seeds if (runs / order / f"{method}__s{s}" / "cost.json").exists()]
@@ -296,18 +296,12 @@ def summarise(runs: Path, methods: list[str], orders: list[str], seeds: list[int
                 mean, half = mean_interval(values)
                 summary[metric] = {"mean": float(mean), "ci95": None if np.isnan(half) else float(half), "values": values}
             per_method[method] = {"seeds": done, "summary": summary, "runs": {str(s): results[s] for s in done}}
-            items[method] = [load_item_scores(runs / order / f"{method}__s{s}")[1] for s in done]
+            items[method] = {s: load_item_scores(runs / order / f"{method}__s{s}")[1] for s in done}
         pairs = []
         trained = [m for m in per_method if m != "zero-shot"]
         for a, b in itertools.combinations(trained, 2):
-            shared = [s for s in per_method[a]["seeds"] if s in per_method[b]["seeds"]]
-            if not shared:
-                continue
-            ia = [items[a][per_method[a]["seeds"].index(s)] for s in shared]
-            ib = [items[b][per_method[b]["seeds"].index(s)] for s in shared]
-            for metric in ("transfer", "average", "last", "bwt"):
-                diff = paired_bootstrap(ia, ib, metric)
-                pairs.append({"a": a, "b": b, "seeds": shared, **dataclasses.asdict(diff)})
+            shared, diffs = compare_by_seed(items[a], items[b])
+            pairs += [{"a": a, "b": b, "seeds": shared, **dataclasses.asdict(diff)} for diff in diffs]
         out[order] = {"methods": per_method, "paired": pairs}
     return out
 

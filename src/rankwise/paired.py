@@ -120,3 +120,15 @@ def paired_bootstrap(
     low, high = np.percentile(draws, [2.5, 97.5])
     p = min(1.0, 2.0 * min(float((draws <= 0).mean()), float((draws >= 0).mean())))
     return PairedDifference(metric, float(observed_per_seed.mean()), float(low), float(high), p, n_seeds, n_boot)
+
+
+def compare_by_seed(
+    a: dict[object, RunItems], b: dict[object, RunItems], n_boot: int = 4000
+) -> tuple[list[object], list[PairedDifference]]:
+    """Two methods' per-item scores keyed by seed: their common seeds (in `a`'s order) and the paired
+    bootstrap of every metric of `LINEAR` over them (no differences when they share no seed)."""
+    seeds = [s for s in a if s in b]
+    if not seeds:
+        return [], []
+    runs_a, runs_b = [a[s] for s in seeds], [b[s] for s in seeds]
+    return seeds, [paired_bootstrap(runs_a, runs_b, metric, n_boot) for metric in LINEAR]

@@ -132,7 +132,7 @@ def paired_table(groups: list[list[Any]]) -> list[str]:
     """Markdown rows: for each two groups with per-item scores (``eval.item_scores``) on the same tasks,
     the paired bootstrap of each metric's difference over their common seeds (`rankwise.paired`);
     nothing when no two groups qualify."""
-    from rankwise.paired import format_difference, load_item_scores, paired_bootstrap
+    from rankwise.paired import compare_by_seed, format_difference, load_item_scores
 
     scored = []
     for group in groups:
@@ -147,19 +147,13 @@ def paired_table(groups: list[list[Any]]) -> list[str]:
             scored.append((group_label(group), runs))
     lines = []
     for (name_a, a), (name_b, b) in itertools.combinations(scored, 2):
-        seeds = [s for s in a if s in b and a[s][0] == b[s][0]]
-        if not seeds:
+        same_tasks = {s: items for s, (tasks, items) in b.items() if s in a and a[s][0] == tasks}
+        try:
+            seeds, diffs = compare_by_seed({s: items for s, (_, items) in a.items()}, same_tasks)
+        except RankwiseError:  # not the same items
             continue
-        cells = []
-        for metric in METRICS:
-            try:
-                d = paired_bootstrap([a[s][1] for s in seeds], [b[s][1] for s in seeds], metric)
-            except RankwiseError:  # not the same items
-                cells = []
-                break
-            cells.append(format_difference(d))
-        if cells:
-            lines.append(f"| {name_a} − {name_b} | {len(seeds)} | " + " | ".join(cells) + " |")
+        if seeds:  # LINEAR's order: transfer, average, last, bwt (the table's columns)
+            lines.append(f"| {name_a} − {name_b} | {len(seeds)} | " + " | ".join(map(format_difference, diffs)) + " |")
     if not lines:
         return []
     return [

@@ -65,6 +65,13 @@ class TrainConfig:
         default=False,
         metadata={"help": "torch.compile the model's repeated blocks (from the first task on, recompiled per task)"},
     )
+    parallel: str = field(
+        default="ddp",
+        metadata={
+            "help": "data parallelism under several processes: ddp (every rank holds the model) | fsdp "
+            "(FSDP2: weights, gradients and optimizer state sharded while a task trains)"
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "grad_accumulation", "log_every", "checkpoint_every"):
@@ -72,6 +79,12 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}", getattr(self, name), "an integer >= 1")
         if self.optimizer not in ("adamw", "adam"):
             raise ConfigError("train.optimizer", self.optimizer, choices(["adamw", "adam"]))
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError("train.parallel", self.parallel, choices(["ddp", "fsdp"]))
+        if self.parallel == "fsdp" and self.compile:
+            raise ConfigError(
+                "train.compile", self.compile, "false with train.parallel: fsdp (not combined yet; use ddp to compile)"
+            )
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError("train.schedule", self.schedule, choices(["cosine", "constant"]))
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -30,8 +30,10 @@ ENTRY = REPO / "tests" / "engine" / "ddp_entry.py"
 ONE_EXAMPLE = 100.0 / 32  # 4 classes x 8 test examples per task
 
 
-def _data() -> dict:
-    return toy_dict("codyra", iterations=12, checkpoint_every=4, log_every=2)
+def _data(parallel: str = "ddp") -> dict:
+    data = toy_dict("codyra", iterations=12, checkpoint_every=4, log_every=2)
+    data["train"]["parallel"] = parallel
+    return data
 
 
 def _torchrun(tmp_path, run_dir, *extra, kill_at=None):
@@ -69,12 +71,13 @@ def _steps(run_dir) -> list[tuple[int, int, float]]:
     return [(e["task"], e["iteration"], e["loss"]) for e in events if e["event"] == "step"]
 
 
-def test_two_processes_killed_and_resumed_match_one_process(tmp_path, monkeypatch):
+@pytest.mark.parametrize("parallel", ["ddp"])  # FSDP: tests/backbones/test_causal_lm_distributed.py
+def test_two_processes_killed_and_resumed_match_one_process(parallel, tmp_path, monkeypatch):
     import torch.nn.functional as F
 
     from rankwise.backbones.toy import ToyBackbone
 
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(_data()))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(_data(parallel)))
     run_dir = tmp_path / "ddp"
     # rank 0 dies at its 6th write_state: task 2's iteration-8 snapshot is written, not committed
     killed = _torchrun(tmp_path, run_dir, kill_at=6)
@@ -154,7 +157,8 @@ def test_out_of_sync_ranks_are_detected(monkeypatch):
     assert ddp.model_checksum(model) != same
 
 
-def test_two_processes_sum_moram_activation_counts_over_ranks(tmp_path, monkeypatch):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_sum_moram_activation_counts_over_ranks(parallel, tmp_path, monkeypatch):
     """Evaluation is sharded, so each rank counts the atoms routed on its own slice of every test set;
     the task_end rank report must hold the counts over all test tokens, as one process sees them."""
     import torch.nn.functional as F
@@ -162,6 +166,7 @@ def test_two_processes_sum_moram_activation_counts_over_ranks(tmp_path, monkeypa
     from rankwise.backbones.toy import ToyBackbone
 
     data = toy_dict("moram", iterations=2, checkpoint_every=2, log_every=1)
+    data["train"]["parallel"] = parallel
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
     two = _torchrun(tmp_path, tmp_path / "ddp")
     assert two.returncode == 0, two.stderr[-3000:]
@@ -189,8 +194,11 @@ def test_two_processes_sum_moram_activation_counts_over_ranks(tmp_path, monkeypa
             assert a["activation_rate_per_task"] == pytest.approx(b["activation_rate_per_task"], abs=0.02)
 
 
-@pytest.mark.parametrize("method", ["olora", "inflora", "moe-lora"])
-def test_two_processes_train_the_rival_methods_as_one_process(method, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("method", "parallel"),
+    [("olora", "ddp"), ("inflora", "ddp"), ("moe-lora", "ddp"), ("inflora", "fsdp"), ("moe-lora", "fsdp")],
+)  # O-LoRA under FSDP is refused (test below)
+def test_two_processes_train_the_rival_methods_as_one_process(method, parallel, tmp_path, monkeypatch):
     """O-LoRA (extra loss), InfLoRA (task-input pass, B only) and MoE-LoRA (router rows, experts) under
     two processes: the gradient averaging covers every trainable tensor they create, and InfLoRA's
     collection pass designs the same A on every rank. If a tensor were left out of the averaging,
@@ -202,6 +210,7 @@ def test_two_processes_train_the_rival_methods_as_one_process(method, tmp_path, 
     from rankwise.backbones.toy import ToyBackbone
 
     data = toy_dict(method, iterations=6, checkpoint_every=6, log_every=2)
+    data["train"]["parallel"] = parallel
     # no dropout: masks are drawn per process from its shard, so they differ from one process's draw
     # by design (O-LoRA's official default is 0.1)
     data["method"]["lora_dropout"] = 0.0
@@ -233,6 +242,18 @@ def test_two_processes_train_the_rival_methods_as_one_process(method, tmp_path, 
     assert np.abs(two_matrix - one.accuracy_matrix).max() <= ONE_EXAMPLE + 1e-9
     s1, s2 = _steps(one.run_dir), _steps(tmp_path / "ddp")
     np.testing.assert_allclose([s[2] for s in s2], [s[2] for s in s1], rtol=1e-4)
+
+
+def test_olora_under_fsdp_is_refused_before_any_work(tmp_path):
+    data = toy_dict("olora", iterations=2, checkpoint_every=2, log_every=1)
+    data["train"]["parallel"] = "fsdp"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    done = _torchrun(tmp_path, tmp_path / "fsdp")
+    assert done.returncode != 0  # each rank exits 2 (a ConfigError); torchrun reports 1
+    assert "train.parallel='fsdp'" in done.stderr and "ddp for method 'olora'" in done.stderr
+    assert not (tmp_path / "fsdp" / "item_scores").exists()
+    events = (tmp_path / "fsdp" / "events.jsonl")
+    assert not events.exists() or "zero-shot" not in events.read_text()  # stopped before the first row
 
 
 def test_task_ddp_is_pytorch_ddp_averaging_on_the_last_micro_batch_only(tmp_path):
@@ -281,7 +302,8 @@ def test_task_ddp_is_pytorch_ddp_averaging_on_the_last_micro_batch_only(tmp_path
                 p -= 0.1 * (local[0][1][k] + local[1][1][k]) / 2
 
 
-def test_two_processes_fine_tune_the_whole_model_as_one_process(tmp_path, monkeypatch):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_fine_tune_the_whole_model_as_one_process(parallel, tmp_path, monkeypatch):
     """Full fine-tuning under DDP (every weight trainable, `find_unused_parameters` on): the saved
     weights after each task equal one process's up to the summation-order tolerance above."""
     import torch.nn.functional as F
@@ -291,6 +313,7 @@ def test_two_processes_fine_tune_the_whole_model_as_one_process(tmp_path, monkey
 
     data = toy_dict("full", iterations=6, checkpoint_every=6, log_every=2)
     data["train"]["lr"] = 1e-3
+    data["train"]["parallel"] = parallel
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
     two = _torchrun(tmp_path, tmp_path / "ddp")
     assert two.returncode == 0, two.stderr[-3000:]
@@ -314,3 +337,56 @@ def test_two_processes_fine_tune_the_whole_model_as_one_process(tmp_path, monkey
             assert far.float().mean() <= 0.01, f"{folder.name}/{key}: {int(far.sum())} of {far.numel()} differ"
     s1, s2 = _steps(one.run_dir), _steps(tmp_path / "ddp")
     np.testing.assert_allclose([s[2] for s in s2], [s[2] for s in s1], rtol=1e-4)
+
+
+def test_task_fsdp_shards_averages_releases_and_shards_again(tmp_path):
+    """`TaskFSDP` under 2 gloo processes: while a task trains, each rank holds half of every weight
+    (frozen base included); the parameters after every step equal plain gradient descent on the mean
+    over ranks of the accumulated gradients, computed here in one process from each rank's inputs
+    (the 0-d scale, which FSDP cannot shard, included); `release` leaves plain modules and parameters;
+    a second task adds tensors and shards again."""
+    import importlib.util
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    entry = REPO / "tests" / "engine" / "fsdp_task_entry.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(entry), str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert seen[0]["units"] == ["blocks.0", "blocks.1"]
+    assert seen[0]["local_factor"] == (3, 4) and seen[0]["local_base"] == (2, 4)  # half of each, per rank
+    assert seen[0]["local_head"] == (1, 4)  # the root's own weights are sharded too
+    assert seen[0]["plain"] and all(not c.startswith("FSDP") for c in seen[0]["classes"])
+
+    spec = importlib.util.spec_from_file_location("fsdp_task_entry", entry)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    model = module.Model()
+    inputs = [torch.randn(3, 2, 5, 4, generator=torch.Generator().manual_seed(10 + r)) for r in range(2)]
+    want = []
+    for it in range(3):
+        if it == 2:
+            for block in model.blocks:
+                block.factor.requires_grad_(False)
+                block.extra = torch.nn.Parameter(torch.full((4, 4), 0.05))
+        params = [p for p in model.parameters() if p.requires_grad]
+        total = [torch.zeros_like(p) for p in params]
+        for r in range(2):
+            for micro in range(2):
+                grads = torch.autograd.grad(model.loss(inputs[r][it, micro]) / 2, params)
+                total = [t + g / 2 for t, g in zip(total, grads)]  # mean over the two ranks
+        with torch.no_grad():
+            for p, g in zip(params, total):
+                p -= 0.1 * g
+        want.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    for r in range(2):
+        assert len(seen[r]["steps"]) == 3
+        for it in range(3):
+            assert seen[r]["steps"][it].keys() == want[it].keys()
+            for name, value in want[it].items():
+                torch.testing.assert_close(seen[r]["steps"][it][name], value, rtol=1e-5, atol=1e-6)
+        assert seen[r]["final"]["scale"].item() != 1.5  # the 0-d scale trained (and equally: above)

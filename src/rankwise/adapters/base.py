@@ -163,6 +163,17 @@ class AdapterConfig:
         return [f.name for f in fields(cls)]
 
 
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """The part of `t` this process holds: a sharded parameter's (FSDP2 DTensor) local shard, else `t`.
+    Elementwise in-place updates outside forward (CoDyRA's prox step) run on it."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """`t` whole: a sharded parameter gathered from every process (a collective), else `t` itself."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def kaiming_rows(rows: int, in_features: int, like: torch.Tensor) -> torch.Tensor:
     """An (rows, in_features) matrix initialised like nn.Linear: kaiming-uniform with a = sqrt(5)."""
     weight = torch.empty(rows, in_features, dtype=like.dtype, device=like.device)

@@ -23,7 +23,9 @@ from rankwise.adapters.base import (
     LayerMemory,
     expect_tensor,
     kaiming_rows,
+    local_part,
     meta_int_list,
+    whole,
 )
 from rankwise.errors import ConfigError
 
@@ -208,10 +210,10 @@ class CoDyRALinear(AdapterLayer):
     def prox_step(self, k: float, operator: str) -> None:
         if self.gate is not None:
             with torch.no_grad():  # on the parameter itself (not .data): bumps its version for caches
-                PROX[operator](self.gate, k)
+                PROX[operator](local_part(self.gate), k)  # elementwise: a shard under FSDP
 
     def surviving_ranks(self) -> int:
-        return 0 if self.gate is None else int((self.gate.detach() != 0).sum())
+        return 0 if self.gate is None else int((whole(self.gate.detach()) != 0).sum())
 
     def end_task(self) -> None:
         super().end_task()

@@ -21,6 +21,7 @@ from rankwise.engine.device import apply_threads, choose_device, seed_everything
 from rankwise.engine.evaluate import validate_tasks
 from rankwise.engine.rundir import inside, task_folder_name
 from rankwise.engine.strategy import Parts, strategy_for
+from rankwise.errors import ConfigError
 from rankwise.registry import BACKBONES, SCENARIOS
 from rankwise.tasks import Task
 
@@ -38,6 +39,12 @@ def build_base(config: RunConfig) -> Parts:
     `config` itself is left as it is; the resolved copy is ``Parts.config``.
     """
     config = copy.deepcopy(config)
+    if config.train.parallel == "fsdp" and getattr(config.backbone.config, "quantize", "none") != "none":
+        raise ConfigError(
+            "train.parallel", "fsdp",
+            f"ddp with a quantized base (backbone.quantize: {config.backbone.config.quantize}): FSDP cannot "
+            "shard bitsandbytes weights",
+        )  # fmt: skip
     apply_threads(config.threads)
     env = ddp.detect()
     device = choose_device(config.device, env.local_rank if env.enabled else None)

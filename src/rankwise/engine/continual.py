@@ -41,13 +41,15 @@ from rankwise.engine.build import (  # noqa: F401  (build_parts, save_task_check
 from rankwise.engine.compiled import compile_model
 from rankwise.engine.device import derived_seed, seed_everything
 from rankwise.engine.evaluate import evaluate_all
+from rankwise.engine.fsdp import TaskFSDP, check_supported, full_tensors, shard_optimizer_state
 from rankwise.engine.results import RunResult, ensure_metrics, load_result
 from rankwise.engine.rundir import check_output_dir, check_run_name, inside, load_run_config
 from rankwise.engine.runstate import RunState
 from rankwise.engine.setup import (
     optimizer_snapshot,
     prepare_on_rank0,
-    restore_snapshot,
+    restore_snapshot_state,
+    restore_snapshot_tensors,
     resume_from,
     task_train_config,
 )
@@ -115,6 +117,8 @@ def _continue(run: RunState, parts: Parts, state: dict[str, Any] | None, resume:
         result = load_result(run.run_dir)
         result.already_finished = True
         return result
+    if config.train.parallel == "fsdp" and dist.enabled:
+        check_supported(parts.model, config.method.name)  # before any work, not at the first task
     start_task, start_iter, structured = 0, 0, {}
     if state is not None:
         start_task, start_iter, structured = resume_from(run, parts, state)
@@ -136,7 +140,8 @@ def _continue(run: RunState, parts: Parts, state: dict[str, Any] | None, resume:
         run.commit(tasks, 0, 0, {})
     for index in range(start_task, len(tasks)):
         first = index == start_task
-        _run_task(run, parts, tasks, index, start_iter if first else 0, structured if first else {})
+        keep = _run_task(run, parts, tasks, index, start_iter if first else 0, structured if first else {})
+        _end_task(run, parts, tasks, index, keep)  # the task's optimizer (FSDP: its shards) freed by now
     return _finish(run, tasks)
 
 
@@ -160,14 +165,19 @@ def _write_items(run: RunState, row_index: int, label: str, tasks: list[Task], i
     io.write_text(run.path("item_scores", f"row_{row_index:03d}.json"), json.dumps(record) + "\n")
 
 
-def _run_task(run: RunState, parts: Parts, tasks: list[Task], index: int, start_iter: int, saved: dict) -> None:
-    """Train task `index` (from `start_iter`, restoring `saved`), end it, save it, evaluate every task."""
+def _run_task(run: RunState, parts: Parts, tasks: list[Task], index: int, start_iter: int, saved: dict) -> bool:
+    """Train task `index` (from `start_iter`, restoring `saved`); whether its optimizer state runs on."""
     cfg, task, strategy = task_train_config(run.config.train, tasks[index]), tasks[index], parts.strategy
     strategy.collect_task_inputs(parts.model, parts.backbone, task, cfg.batch_size)  # InfLoRA designs A
     strategy.begin_task(parts.model, task.name)
     if cfg.compile:  # after begin_task, so the task's adapter tensors exist (engine/compiled.py)
         compile_model(parts.backbone.model)
     params = strategy.trainable(parts.model)
+    ddp.broadcast_parameters(params.values(), parts.dist)  # the same starting point on every rank
+    if start_iter > 0:
+        restore_snapshot_tensors(params, saved)
+    step_loss = _parallel(parts, task, cfg, params)
+    params = strategy.trainable(parts.model)  # FSDP: the sharded parameters that replaced them
     optimizer, scheduler, keep = _optimizer(run, parts, params, cfg, start_iter, saved)
     bar = run.progress(cfg.iterations, f"task {index + 1}/{len(tasks)} {task.name}", initial=start_iter)
     last_good = [start_iter]
@@ -186,8 +196,8 @@ def _run_task(run: RunState, parts: Parts, tasks: list[Task], index: int, start_
         train_task(
             backbone=parts.backbone, model=parts.model, task=task, task_index=index, cfg=cfg,
             seed=run.config.seed, optimizer=optimizer, scheduler=scheduler, start_iteration=start_iter,
-            after_step=strategy.after_step(parts.model), on_step=on_step, device=parts.device, dist=parts.dist,
-            find_unused=not strategy.all_trainables_in_loss,
+            after_step=strategy.after_step(parts.model), on_step=on_step, device=parts.device,
+            step_loss=step_loss, dist=parts.dist,
         )  # fmt: skip
     except NonFiniteLossError as exc:
         bar.close()
@@ -198,24 +208,35 @@ def _run_task(run: RunState, parts: Parts, tasks: list[Task], index: int, start_
         ) from None
     bar.close()
     if keep:
-        run.kept_optimizer = optimizer.state_dict()
-    _end_task(run, parts, tasks, index, keep)
+        run.kept_optimizer = full_tensors(optimizer.state_dict())
+    step_loss.release()  # FSDP: the plain model back for end_task, the checkpoint and the evaluation
+    return keep
+
+
+def _parallel(parts: Parts, task: Task, cfg: TrainConfig, params: dict) -> ddp.TaskParallel:
+    """The task's step loss: through DDP (also the one-process case) or FSDP2 (``train.parallel``)."""
+    loss = lambda batch: parts.backbone.loss(batch, task)  # noqa: E731
+    if cfg.parallel == "fsdp" and parts.dist.enabled:
+        check_supported(parts.model, parts.config.method.name)
+        return TaskFSDP(parts.model, loss, parts.dist, parts.device)
+    find_unused = not parts.strategy.all_trainables_in_loss
+    return ddp.TaskDDP(parts.model, loss, list(params.values()), parts.dist, parts.device, find_unused)
 
 
 def _optimizer(
     run: RunState, parts: Parts, params: dict, cfg: TrainConfig, start_iter: int, saved: dict
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, bool]:
-    """The task's optimizer and scheduler over `params` (the same starting point on every rank), from
-    the previous task's optimizer state when the strategy keeps it, or from the snapshot `saved` when
-    the task resumes at `start_iter` > 0; and whether the optimizer state runs on to the next task."""
-    ddp.broadcast_parameters(params.values(), parts.dist)
+    """The task's optimizer and scheduler over `params`, from the previous task's optimizer state when
+    the strategy keeps it, or from the snapshot `saved` when the task resumes at `start_iter` > 0; and
+    whether the optimizer state runs on to the next task."""
     optimizer = make_optimizer(list(params.values()), cfg)
     scheduler = make_scheduler(optimizer, cfg)
     keep = parts.strategy.keeps_optimizer(parts.model)
     if keep and start_iter == 0 and run.kept_optimizer is not None:
-        carry_optimizer_state(optimizer, run.kept_optimizer)  # one optimizer for the run (official TRACE)
+        # one optimizer for the run (official TRACE); full tensors, scattered onto FSDP shards
+        carry_optimizer_state(optimizer, shard_optimizer_state(run.kept_optimizer, optimizer))
     if start_iter > 0:
-        restore_snapshot(run, params, optimizer, scheduler, saved)
+        restore_snapshot_state(run, optimizer, scheduler, saved)
     return optimizer, scheduler, keep
 
 

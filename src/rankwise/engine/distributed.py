@@ -40,7 +40,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -154,6 +154,16 @@ class _StepLoss(nn.Module):
         return self._loss(*args)
 
 
+class TaskParallel(Protocol):
+    """A task's step loss under data parallelism (`TaskDDP`, `fsdp.TaskFSDP`)."""
+
+    def __call__(self, *args: Any) -> torch.Tensor: ...
+
+    def sync(self, last: bool) -> AbstractContextManager[Any]: ...
+
+    def release(self) -> None: ...
+
+
 class TaskDDP:
     """One task's data parallelism: ``loss(*args)`` through ``DistributedDataParallel`` over `params`
     (the task's optimizer parameters, which must be every trainable tensor of `model`), or called
@@ -195,6 +205,9 @@ class TaskDDP:
 
     def sync(self, last: bool) -> AbstractContextManager[Any]:
         return self._ddp.no_sync() if self._ddp is not None and not last else nullcontext()
+
+    def release(self) -> None:
+        """Nothing to undo: DDP leaves the model's parameters as they are (`TaskFSDP` gathers them)."""
 
 
 def mean_scalar(value: float, ctx: DistContext, device: torch.device) -> float:

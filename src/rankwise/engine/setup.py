@@ -101,22 +101,32 @@ def task_train_config(train: TrainConfig, task: Task) -> TrainConfig:
 
 
 def optimizer_snapshot(params: dict[str, Any], optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """What a mid-task commit stores to resume the task: its trainable tensors, optimizer and schedule."""
+    """What a mid-task commit stores to resume the task: its trainable tensors, optimizer and schedule,
+    as full tensors (under FSDP each rank gathers its shards: a collective on every rank)."""
+    from rankwise.engine.fsdp import full_tensors
+
     return {
-        "params": {n: p.detach() for n, p in params.items()},
-        "optimizer": optimizer.state_dict(),
+        "params": full_tensors({n: p.detach() for n, p in params.items()}),
+        "optimizer": full_tensors(optimizer.state_dict()),
         "scheduler": scheduler.state_dict(),
     }
 
 
-def restore_snapshot(run: RunState, params: dict[str, Any], optimizer: Any, scheduler: Any, saved: dict) -> None:
-    """Put a mid-task snapshot back (the inverse of `optimizer_snapshot`), RNG states included."""
+def restore_snapshot_tensors(params: dict[str, Any], saved: dict) -> None:
+    """Put a mid-task snapshot's trainable tensors back (before the task's parameters are sharded)."""
     if set(saved.get("params", {})) != set(params):
         raise CheckpointError("the snapshot's trainable tensors do not match this model's; cannot resume")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(saved["params"][name])
-    optimizer.load_state_dict(saved["optimizer"])
+
+
+def restore_snapshot_state(run: RunState, optimizer: Any, scheduler: Any, saved: dict) -> None:
+    """Put a mid-task snapshot's optimizer, schedule and RNG states back (the rest of the inverse of
+    `optimizer_snapshot`; the optimizer state is scattered onto sharded parameters under FSDP)."""
+    from rankwise.engine.fsdp import shard_optimizer_state
+
+    optimizer.load_state_dict(shard_optimizer_state(saved["optimizer"], optimizer))
     scheduler.load_state_dict(saved["scheduler"])
     restore_rng(run, saved)  # begin_task drew from the RNGs: rewind them
 

@@ -421,3 +421,25 @@ def test_config_show_lists_every_field_of_every_section(capsys):
         expected += [f"{section}.{f.name}" for f in dataclasses.fields(obj) if f.init]
     assert sorted(by_key) == sorted(expected) and len(lines) == len(expected)
     assert all(" # " in by_key[k] for k in expected if k.startswith(("method.", "train.", "backbone.")))
+
+
+def test_train_parallel_is_ddp_or_fsdp_and_fsdp_is_not_compiled():
+    data = base()
+    assert config_from_dict(data).train.parallel == "ddp"
+    data["train"] = {"parallel": "fsdp"}
+    assert config_from_dict(data).train.parallel == "fsdp"
+    data["train"] = {"parallel": "zero3"}
+    with pytest.raises(ConfigError, match=r"train.parallel='zero3'.*ddp.*fsdp"):
+        config_from_dict(data)
+    data["train"] = {"parallel": "fsdp", "compile": True}
+    with pytest.raises(ConfigError, match=r"train.compile=True.*false with train.parallel: fsdp"):
+        config_from_dict(data)
+
+
+def test_fsdp_over_a_quantized_base_is_refused_before_anything_loads():
+    from rankwise.engine.build import build_base
+
+    data = {"name": "q", "method": {"name": "lora"}, "backbone": {"name": "causal-lm", "path": "/nowhere",
+            "quantize": "nf4"}, "scenario": {"name": "trace", "root": ".", "tasks": ["a"]}, "train": {"parallel": "fsdp"}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"train.parallel='fsdp'.*ddp with a quantized base \(backbone.quantize: nf4\)"):
+        build_base(config_from_dict(data))

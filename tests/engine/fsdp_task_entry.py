@@ -16,7 +16,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from rankwise.engine import distributed as ddp
 from rankwise.engine.fsdp import TaskFSDP, full_tensors
 
 
@@ -51,14 +50,13 @@ class Model(nn.Module):
 def main(out: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    ctx = ddp.DistContext(2, rank, rank)
     torch.manual_seed(0)
     model = Model()
     inputs = torch.randn(3, 2, 5, 4, generator=torch.Generator().manual_seed(10 + rank))  # (step, micro, n, d)
     seen: dict = {"steps": []}
 
     def train(steps: range, first: bool) -> None:
-        step = TaskFSDP(model, model.loss, ctx, torch.device("cpu"))
+        step = TaskFSDP(model, model.loss, torch.device("cpu"))
         params = [p for p in model.parameters() if p.requires_grad]
         if first:
             seen["units"] = step.units

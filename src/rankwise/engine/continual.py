@@ -218,7 +218,7 @@ def _parallel(parts: Parts, task: Task, cfg: TrainConfig, params: dict) -> ddp.T
     loss = lambda batch: parts.backbone.loss(batch, task)  # noqa: E731
     if cfg.parallel == "fsdp" and parts.dist.enabled:
         check_supported(parts.model, parts.config.method.name)
-        return TaskFSDP(parts.model, loss, parts.dist, parts.device)
+        return TaskFSDP(parts.model, loss, parts.device)
     find_unused = not parts.strategy.all_trainables_in_loss
     return ddp.TaskDDP(parts.model, loss, list(params.values()), parts.dist, parts.device, find_unused)
 

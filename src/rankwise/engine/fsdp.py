@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from rankwise.engine.compiled import compile_regions
-from rankwise.engine.distributed import DistContext, _StepLoss
+from rankwise.engine.distributed import _StepLoss
 from rankwise.errors import RankwiseError
 
 
@@ -100,19 +100,20 @@ class TaskFSDP:
     ``release()`` gives the plain model back."""
 
     def __init__(
-        self, model: nn.Module, loss: Callable[..., torch.Tensor], ctx: DistContext, device: torch.device
+        self, model: nn.Module, loss: Callable[..., torch.Tensor], device: torch.device
     ) -> None:
+        import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        if not ctx.enabled:
-            raise RankwiseError("TaskFSDP needs several processes (WORLD_SIZE > 1)")
-        mesh = init_device_mesh(device.type, (ctx.world_size,))
+        if not dist.is_initialized():  # the engine uses it with several processes; one works too
+            raise RankwiseError("TaskFSDP needs an initialised process group (launch with torchrun)")
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
         # FSDP2 shards along dim 0, so 0-d parameters (CLIP's logit_scale) stay whole on every rank;
         # when they train (full fine-tuning), their gradients are averaged here after the last micro-batch
         scalars = {p for p in model.parameters() if p.dim() == 0}
         self._replicated = [p for p in scalars if p.requires_grad]
-        self._world = ctx.world_size
+        self._world = dist.get_world_size()
         self.units = compile_regions(model)
         for name in self.units:
             fully_shard(model.get_submodule(name), mesh=mesh, ignored_params=scalars)

@@ -54,6 +54,8 @@ def table_7b() -> str:
                    {"quant": "int8"}, {"quant": "nf4"}):  # fmt: skip
             if method == "full" and "quant" in kw:
                 continue  # a quantized base cannot be fine-tuned itself
+            if method == "olora" and kw.get("parallel") == "fsdp":
+                continue  # refused: its regulariser needs whole tensors outside the forward
             plan = estimate(model, shape, cfg, **common, **kw)
             plan.label = f"{method}, {plan.label}"
             plans.append(plan)

@@ -390,3 +390,32 @@ def test_task_fsdp_shards_averages_releases_and_shards_again(tmp_path):
             for name, value in want[it].items():
                 torch.testing.assert_close(seen[r]["steps"][it][name], value, rtol=1e-5, atol=1e-6)
         assert seen[r]["final"]["scale"].item() != 1.5  # the 0-d scale trained (and equally: above)
+
+
+def test_accelerate_launch_runs_the_same_fsdp_run_as_torchrun(tmp_path):
+    """``accelerate launch --multi_gpu --num_processes 2`` (torch's elastic agent underneath; on a CPU
+    machine the ranks use gloo) sets the variables torchrun sets: the same FSDP run, bit for bit.
+    (``accelerate launch --cpu`` is not multi-process: it starts one process; docs/engine.md.)"""
+    pytest.importorskip("accelerate")
+    data = toy_dict("codyra", iterations=4, checkpoint_every=4, log_every=1)
+    data["train"]["parallel"] = "fsdp"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    tail = ["-m", "rankwise.cli", "run", str(config), "--quiet", "--threads", "1", "--set"]
+    launchers = {
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                       "--main_process_port", "0"],
+    }  # fmt: skip
+    for name, launcher in launchers.items():
+        done = subprocess.run(
+            [*launcher, *tail, f"output.dir={tmp_path / name}"], env=env, capture_output=True, text=True, timeout=240
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert _steps(tmp_path / "accelerate") == _steps(tmp_path / "torchrun") and len(_steps(tmp_path / "torchrun")) == 12
+    matrix = lambda name: (tmp_path / name / "accuracy_matrix.json").read_text()  # noqa: E731
+    assert matrix("accelerate") == matrix("torchrun")

@@ -100,6 +100,10 @@ def test_estimate_follows_the_formulas_by_hand() -> None:
     f = estimate(model, shape, lora, num_tasks=1, seq_len=s, batch=b, element=e, parallel="fsdp", gpus=4)
     assert f.parts["weights"] == params * e / 4 + 2 * one_layer * e
     assert f.parts["adapters"] == plan.parts["adapters"] / 4
+    # between tasks every rank holds the whole model again: weights, adapters, an eval batch's logits
+    between = params * e + plan.parts["adapters"] + s * b * 50 * (e + 4) + GIB
+    assert math.isclose(f.between_tasks, between) and f.total == max(sum(f.parts.values()), between)
+    assert plan.between_tasks == 0.0 and plan.total == sum(plan.parts.values())
     d = estimate(model, shape, lora, num_tasks=1, seq_len=s, batch=b, element=e, parallel="ddp", gpus=4)
     assert d.parts["DDP gradient bucket"] == 4 * widths * e and d.parts["weights"] == params * e
     moram = get_method("moram").config(r=4, preset="llama")

@@ -10,10 +10,15 @@ vocabulary and ``N`` the processes:
 * **weights:** every parameter at ``e`` bytes; with a quantized base the decoder's linear weights at
   1 byte (int8, plus a float32 scale per output row) or 0.5625 bytes (nf4: 4 bits plus a float32
   absmax per 64 values), embeddings, norms and the head stay at ``e``. FSDP (full shard) keeps
-  ``1/N`` of them plus two decoder layers gathered whole (the one computing and the one prefetched).
+  ``1/N`` of them plus two decoder layers gathered whole (the one computing and the one prefetched)
+  while a task trains. Between tasks (``end_task``, checkpoint, evaluation) rankwise gathers the whole
+  model on every rank (engine/fsdp.py), so an FSDP plan's peak is the larger of the training sum and
+  ``between tasks``: all weights at ``e`` bytes, the adapters, one evaluation batch's logits
+  ``s b V (e + 4)`` and the fixed term.
 * **adapters:** ``4 e n`` for the task's ``n`` trainable elements (factor, gradient, two Adam moments,
   all in the weights' dtype as rankwise creates them) plus what the method keeps of earlier tasks;
-  ``/N`` under FSDP. DDP adds one gradient bucket copy, ``e n``.
+  ``/N`` under FSDP. A method's extra peak (InfLoRA's input covariance and subspace memory) is not
+  sharded: it is collected before the task's sharding and kept in buffers. DDP adds one gradient bucket copy, ``e n``.
 * **activations** saved for backward, per decoder layer of a Llama-style block (RMSNorm, rotary
   attention through SDPA/flash, SwiGLU MLP): ``e s b (5 h + 3 kv + 2 h + 4 i)`` (attention: input,
   normed input, q, k, v, rotated q and k, attention output; MLP: input, normed input, gate, up,
@@ -74,10 +79,11 @@ class Plan:
     label: str
     parts: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    between_tasks: float = 0.0  # FSDP: the whole model gathered between tasks (module docstring)
 
     @property
     def total(self) -> float:
-        return sum(self.parts.values())
+        return max(sum(self.parts.values()), self.between_tasks)
 
     def fits(self) -> list[str]:
         """The GPU classes of `GPUS` it fits on, smallest first."""
@@ -139,8 +145,8 @@ def estimate(
         shapes = adapted_shapes(model, adapter_config)
         trainable, need, extra = adapter_bytes(shapes, adapter_config, num_tasks, element)
         plan.parts["adapters"] = need / n
-        if extra:
-            plan.parts["method peak (up to)"] = extra / n
+        if extra:  # not sharded: collected before the task's sharding, kept in buffers
+            plan.parts["method peak (up to)"] = extra
             plan.notes.append("method peak: an upper bound (e.g. InfLoRA's covariance and subspace memory)")
         dropout = (element + 1) * s * b * sum(i for i, _ in shapes) / shape.layers if adapter_config.lora_dropout else 0.0
     if parallel == "ddp":
@@ -151,6 +157,9 @@ def estimate(
         plan.parts["activations"] = (layer_acts + dropout) * shape.layers
     plan.parts["logits"] = s * b * shape.vocab * (2 * element + 12)
     plan.parts["fixed"] = FIXED_BYTES
+    if parallel == "fsdp":
+        adapters = 0.0 if adapter_config is None else plan.parts["adapters"] * n + plan.parts.get("method peak (up to)", 0)
+        plan.between_tasks = weights + adapters + s * b * shape.vocab * (element + 4) + FIXED_BYTES
     if quant != "none" and parallel == "fsdp":
         plan.notes.append("FSDP over a quantized base needs a sharding-aware storage (bitsandbytes quant_storage)")
     return plan
@@ -161,10 +170,14 @@ def render(plans: list[Plan]) -> str:
     order = ["weights", "trainable state", "adapters", "method peak (up to)", "DDP gradient bucket",
              "activations", "logits", "fixed"]  # fmt: skip
     keys = [k for k in order if any(k in p.parts for p in plans)]
-    head = "| configuration | " + " | ".join(keys) + " | total GiB | smallest GPU that fits |"
-    lines = [head, "|" + "---|" * (len(keys) + 3)]
+    between = any(p.between_tasks for p in plans)
+    head = "| configuration | " + " | ".join(keys + ["between tasks"] * between) + " | total GiB | smallest GPU that fits |"
+    lines = [head, "|" + "---|" * (len(keys) + 3 + between)]
     for p in plans:
-        cells = " | ".join(f"{p.parts[k] / GIB:.2f}" if k in p.parts else "-" for k in keys)
+        cells = " | ".join(
+            [f"{p.parts[k] / GIB:.2f}" if k in p.parts else "-" for k in keys]
+            + ([f"{p.between_tasks / GIB:.2f}" if p.between_tasks else "-"] if between else [])
+        )
         lines.append(f"| {p.label} | {cells} | {p.total / GIB:.1f} | {(p.fits() or ['none of these'])[0]} |")
     return "\n".join(lines)
 

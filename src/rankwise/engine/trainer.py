@@ -30,7 +30,7 @@ from torch import nn
 
 from rankwise.config import TrainConfig
 from rankwise.engine.device import data_generator
-from rankwise.engine.distributed import SINGLE, DistContext, TaskParallel, mean_scalar, shard
+from rankwise.engine.distributed import SINGLE, DistContext, TaskDDP, TaskParallel, mean_scalar, shard
 from rankwise.errors import RankwiseError
 from rankwise.tasks import Task
 
@@ -131,7 +131,7 @@ def train_task(
     after_step: Callable[[int, int], dict[str, Any] | None] | None,
     on_step: Callable[[StepLog], None],
     device: torch.device,
-    step_loss: TaskParallel,
+    step_loss: TaskParallel | None = None,
     dist: DistContext = SINGLE,
 ) -> None:
     """Run optimizer steps start_iteration+1 .. cfg.iterations of `task`.
@@ -139,6 +139,7 @@ def train_task(
     `step_loss(batch)` is the task's loss, called as is in one process and through the task's data
     parallelism under several (`distributed.TaskDDP` or `fsdp.TaskFSDP`, built for this task's
     parameters); its ``sync(last)`` is the context of each micro-batch's forward and backward.
+    None: ``backbone.loss(batch, task)`` through `TaskDDP` over the optimizer's parameters.
 
     The loss back-propagated (and logged) is the task loss plus `model.extra_loss()` when the model
     has one and it is not None (a method's per-step regulariser, e.g. O-LoRA's); its value is logged
@@ -150,6 +151,8 @@ def train_task(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
     extra_loss = getattr(model, "extra_loss", None)  # RankwiseModel's; a plain module (full) has none
+    if step_loss is None:
+        step_loss = TaskDDP(model, lambda batch: backbone.loss(batch, task), params, dist, device)
     model.train()
     for it in range(start_iteration + 1, cfg.iterations + 1):
         started = time.perf_counter()

@@ -21,7 +21,8 @@ Protocol (docs/protocol.md):
    tasks); per pair of methods: the paired bootstrap of each metric's difference over seeds and test
    items (`rankwise.paired`).
 5. Cost. Each run is a child process with one torch thread; its wall time, CPU time and peak resident
-   memory (``wait4``) go to ``cost.json`` in its run directory. ``--workers N`` runs N at once.
+   memory (``wait4``) go to ``cost.json`` in its run directory (a heartbeat record while it runs, so a
+   killed driver loses at most a minute of it). ``--workers N`` runs N at once.
    A finished run (``cost.json`` present) is skipped; a stopped one continues with ``--resume``.
 
 Writes ``benchmarks/results/text_mtil_protocol.json`` and prints the markdown tables.
@@ -99,14 +100,23 @@ eval: {{batch_size: 100, item_scores: true}}
         # the prox half of a task is TEXT_ITERATIONS / 2 steps; k climbs over all of them (official shape)
         "codyra": {"name": "codyra", "r": 16, "ramp_steps": TEXT_ITERATIONS // 2},
         "moram": {"name": "moram", "r": 16, "delta": 0.2},
+        # the rivals and full fine-tuning: the method section of their text-track presets (official
+        # defaults: O-LoRA r = 8, lambda_1 = 0.5; InfLoRA r = 10; MoE-LoRA one r = 16 expert per task)
+        **{m: _preset_method(f"text_mtil_{p}") for m, p in (("olora", "olora"), ("inflora", "inflora"), ("moe-lora", "moelora"))},
+        "full": {"name": "full"},
     },
     # r = 16 everywhere: every method trains about the same number of parameters per task. CoDyRA's
     # k_max: 0.005 is the paper's (for 250 prox steps), 0.045 shrinks the gates by the paper's total
-    # over this run's 25 prox steps.
+    # over this run's 25 prox steps. Full fine-tuning moves all 22M weights: its grid is the usual
+    # full-fine-tuning range (2e-3 wrecks the encoder at once, docs/text_mtil.md).
     sweep={
         "lora": {"train.lr": [1.0e-3, 2.0e-3, 5.0e-3]},
         "codyra": {"train.lr": [1.0e-3, 2.0e-3, 5.0e-3], "method.k_max": [0.005, 0.045]},
         "moram": {"train.lr": [2.0e-3, 5.0e-3, 1.0e-2], "method.tau": [0.01, 0.1]},
+        "olora": {"train.lr": [1.0e-3, 2.0e-3, 5.0e-3]},
+        "inflora": {"train.lr": [1.0e-3, 2.0e-3, 5.0e-3]},
+        "moe-lora": {"train.lr": [1.0e-3, 2.0e-3, 5.0e-3]},
+        "full": {"train.lr": [1.0e-5, 3.0e-5, 1.0e-4]},
     },
     out="benchmarks/results/text_mtil_protocol.json",
 )
@@ -164,8 +174,34 @@ def make_config(track: Track, method: str, setting: dict[str, Any], tasks: list[
 
 
 # -- running jobs -------------------------------------------------------------------------------
-def run_job(config: dict[str, Any], log: Path) -> dict[str, Any]:
-    """One run in a child process (resumed if it stopped part-way); its cost from ``wait4``."""
+def _child_usage(pid: int) -> tuple[float, float]:
+    """(CPU seconds, peak resident MiB) of a running child, from /proc (Linux); (0, 0) elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        status = Path(f"/proc/{pid}/status").read_text()
+        peak = next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0.0)
+        return cpu, peak
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0
+
+
+def _cost(earlier: dict[str, Any], wall: float, cpu: float, peak_mib: float, threads: int) -> dict[str, Any]:
+    return {
+        "wall_s": round(wall + earlier.get("wall_s", 0.0), 1),
+        "cpu_s": round(cpu + earlier.get("cpu_s", 0.0), 1),
+        "peak_rss_mib": round(max(peak_mib, earlier.get("peak_rss_mib", 0.0)), 1),
+        "threads": threads,
+        "attempts": earlier.get("attempts", 0) + 1,
+    }
+
+
+def run_job(config: dict[str, Any], log: Path, heartbeat_s: float = 60.0) -> dict[str, Any]:
+    """One run in a child process (resumed if it stopped part-way); its cost from ``wait4``.
+
+    While the child runs, its cost so far (from /proc) is written every `heartbeat_s` seconds to
+    ``<run>.partial_cost.json``, so a driver killed mid-run loses at most that much of the record; the
+    next attempt adds the earlier attempts' cost to its own."""
     run_dir = Path(config["output"]["dir"])
     cost_file = run_dir / "cost.json"
     if cost_file.exists():
@@ -173,25 +209,27 @@ def run_job(config: dict[str, Any], log: Path) -> dict[str, Any]:
     config_file = run_dir.parent / f"{run_dir.name}.yaml"
     io.write_text(config_file, yaml.safe_dump(config, sort_keys=False))
     command = [sys.executable, "-m", "rankwise.cli", "run", str(config_file), "--quiet"]
-    earlier: dict[str, Any] = {}
     partial = run_dir.parent / f"{run_dir.name}.partial_cost.json"
+    earlier: dict[str, Any] = json.loads(partial.read_text()) if partial.exists() else {}
     if (run_dir / "state" / "state.json").exists():
         command += ["--resume", str(run_dir)]
-        earlier = json.loads(partial.read_text()) if partial.exists() else {}
     elif run_dir.exists():
         command.append("--overwrite")  # stopped before its first commit
     start = time.perf_counter()
+    beat = start
     with open(log, "a") as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    cost = {
-        "wall_s": round(wall + earlier.get("wall_s", 0.0), 1),
-        "cpu_s": round(usage.ru_utime + usage.ru_stime + earlier.get("cpu_s", 0.0), 1),
-        "peak_rss_mib": round(max(usage.ru_maxrss / 1024, earlier.get("peak_rss_mib", 0.0)), 1),
-        "threads": config["threads"],
-        "attempts": earlier.get("attempts", 0) + 1,
-    }
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - beat >= heartbeat_s:
+                beat = time.perf_counter()
+                cpu, peak = _child_usage(child.pid)
+                io.write_json(partial, {**_cost(earlier, beat - start, cpu, peak, config["threads"]), "running": True})
+            time.sleep(0.5)
+    peak = usage.ru_maxrss / 1024
+    cost = _cost(earlier, time.perf_counter() - start, usage.ru_utime + usage.ru_stime, peak, config["threads"])
     if os.waitstatus_to_exitcode(status) != 0:
         io.write_json(partial, cost)
         raise RuntimeError(f"{run_dir.name}: exit status {os.waitstatus_to_exitcode(status)}; see {log}")

@@ -91,3 +91,29 @@ def test_sweep_picks_the_best_validation_last_and_skips_finished_runs(protocol, 
     result = protocol.sweep_stage(track, tmp_path, ["lora"], workers=1)  # every run has cost.json: none runs
     assert result["lora"]["chosen"] == {"train.lr": 2.0e-3}
     assert result["lora"]["criterion"] == "validation Last" and len(result["lora"]["grid"]) == 3
+
+
+def test_run_job_records_cost_while_running_and_adds_an_earlier_attempt(protocol, tmp_path, monkeypatch):
+    """A real (toy) run through run_job: heartbeat records are written while the child runs (so a killed
+    driver keeps them), the next attempt adds them, and a finished run's cost.json replaces them."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "engine"))
+    from toy_helpers import toy_dict
+
+    data = toy_dict("lora", iterations=20, checkpoint_every=1000)
+    data["threads"] = 1
+    run_dir = tmp_path / "runs" / "lora__s0"
+    data["output"] = {"dir": str(run_dir)}
+    partial = tmp_path / "runs" / "lora__s0.partial_cost.json"
+    partial.parent.mkdir(parents=True)
+    partial.write_text(json.dumps({"wall_s": 100.0, "cpu_s": 50.0, "peak_rss_mib": 1.0, "attempts": 1}))
+    beats = []
+    real_write = protocol.io.write_json
+    monkeypatch.setattr(protocol.io, "write_json", lambda p, v: (beats.append(dict(v)), real_write(p, v)))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
+    cost = protocol.run_job(data, tmp_path / "log.txt", heartbeat_s=0.0)
+    assert (run_dir / "cost.json").exists() and not partial.exists()
+    running = [b for b in beats if b.get("running")]
+    assert running, "no heartbeat while the child ran"
+    assert all(b["cpu_s"] >= 50.0 and b["attempts"] == 2 for b in running)  # the earlier attempt included
+    assert cost["attempts"] == 2 and cost["cpu_s"] > 50.0 and cost["wall_s"] > 100.0 and cost["peak_rss_mib"] > 50
+    assert json.loads((run_dir / "cost.json").read_text()) == cost

@@ -109,6 +109,9 @@ def test_estimate_follows_the_formulas_by_hand() -> None:
     moram = get_method("moram").config(r=4, preset="llama")
     grown = estimate(model, shape, moram, num_tasks=5, seq_len=s, batch=b, element=e)
     assert grown.parts["adapters"] == (4 * e * 4 * widths) + 4 * 4 * widths * e  # + 4 earlier tasks' atoms
+    sharded = estimate(model, shape, moram, num_tasks=5, seq_len=s, batch=b, element=e, parallel="fsdp", gpus=4)
+    assert sharded.parts["adapters"] == (4 * e * 4 * widths) / 4 + 4 * 4 * widths * e  # the bank: buffers, whole
+    assert math.isclose(sharded.between_tasks, params * e + grown.parts["adapters"] + s * b * 50 * (e + 4) + GIB)
     full = estimate(model, shape, None, num_tasks=1, seq_len=s, batch=b, element=e)
     assert full.parts["trainable state"] == 3 * params * e
     with pytest.raises(ValueError, match="quant='int4'"):

@@ -66,7 +66,12 @@ def attach_method(parts: Parts, config: RunConfig, restore_from: Path | None = N
 
     The method section comes from ``parts.config`` (resolved by `build_base`) when there is one.
     """
-    parts.strategy.attach(parts, parts.config if parts.config is not None else config, restore_from)
+    resolved = parts.config if parts.config is not None else config
+    parts.strategy.attach(parts, resolved, restore_from)
+    if resolved.train.parallel == "fsdp" and parts.dist.enabled:  # before any work (fresh run or resume)
+        from rankwise.engine.fsdp import check_supported
+
+        check_supported(parts.model, resolved.method.name)
 
 
 def build_parts(config: RunConfig, restore_from: Path | None = None) -> Parts:

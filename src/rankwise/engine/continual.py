@@ -41,7 +41,7 @@ from rankwise.engine.build import (  # noqa: F401  (build_parts, save_task_check
 from rankwise.engine.compiled import compile_model
 from rankwise.engine.device import derived_seed, seed_everything
 from rankwise.engine.evaluate import evaluate_all
-from rankwise.engine.fsdp import TaskFSDP, check_supported, full_tensors, shard_optimizer_state
+from rankwise.engine.fsdp import TaskFSDP, full_tensors, shard_optimizer_state
 from rankwise.engine.results import RunResult, ensure_metrics, load_result
 from rankwise.engine.rundir import check_output_dir, check_run_name, inside, load_run_config
 from rankwise.engine.runstate import RunState
@@ -117,8 +117,6 @@ def _continue(run: RunState, parts: Parts, state: dict[str, Any] | None, resume:
         result = load_result(run.run_dir)
         result.already_finished = True
         return result
-    if config.train.parallel == "fsdp" and dist.enabled:
-        check_supported(parts.model, config.method.name)  # before any work, not at the first task
     start_task, start_iter, structured = 0, 0, {}
     if state is not None:
         start_task, start_iter, structured = resume_from(run, parts, state)
@@ -216,8 +214,7 @@ def _run_task(run: RunState, parts: Parts, tasks: list[Task], index: int, start_
 def _parallel(parts: Parts, task: Task, cfg: TrainConfig, params: dict) -> ddp.TaskParallel:
     """The task's step loss: through DDP (also the one-process case) or FSDP2 (``train.parallel``)."""
     loss = lambda batch: parts.backbone.loss(batch, task)  # noqa: E731
-    if cfg.parallel == "fsdp" and parts.dist.enabled:
-        check_supported(parts.model, parts.config.method.name)
+    if cfg.parallel == "fsdp" and parts.dist.enabled:  # supported methods: checked in attach_method
         return TaskFSDP(parts.model, loss, parts.device)
     find_unused = not parts.strategy.all_trainables_in_loss
     return ddp.TaskDDP(parts.model, loss, list(params.values()), parts.dist, parts.device, find_unused)

@@ -147,7 +147,7 @@ class TaskFSDP:
             return
         sharded = [m for m in self._root.modules() if isinstance(m, FSDPModule)]
         for module in sharded:
-            module.reshard()  # the sharded parameters registered again (the root keeps its own gathered)
+            module.reshard()  # the sharded parameters are the registered ones (a no-op after a backward)
             state = module._get_fsdp_state()
             state._pre_forward_hook_handle.remove()
             state._post_forward_hook_handle.remove()

@@ -17,7 +17,8 @@ vocabulary and ``N`` the processes:
   ``s b V (e + 4)`` and the fixed term.
 * **adapters:** ``4 e n`` for the task's ``n`` trainable elements (factor, gradient, two Adam moments,
   all in the weights' dtype as rankwise creates them) plus what the method keeps of earlier tasks;
-  ``/N`` under FSDP. A method's extra peak (InfLoRA's input covariance and subspace memory) is not
+  the trainable part ``/N`` under FSDP (what is kept of earlier tasks, e.g. MoRAM's bank, is held in
+  buffers, which FSDP does not shard). A method's extra peak (InfLoRA's input covariance and subspace memory) is not
   sharded: it is collected before the task's sharding and kept in buffers. DDP adds one gradient bucket copy, ``e n``.
 * **activations** saved for backward, per decoder layer of a Llama-style block (RMSNorm, rotary
   attention through SDPA/flash, SwiGLU MLP): ``e s b (5 h + 3 kv + 2 h + 4 i)`` (attention: input,
@@ -144,7 +145,8 @@ def estimate(
     else:
         shapes = adapted_shapes(model, adapter_config)
         trainable, need, extra = adapter_bytes(shapes, adapter_config, num_tasks, element)
-        plan.parts["adapters"] = need / n
+        kept = need - 4 * trainable * element  # earlier tasks' tensors (MoRAM's bank): buffers, not sharded
+        plan.parts["adapters"] = (need - kept) / n + kept
         if extra:  # not sharded: collected before the task's sharding, kept in buffers
             plan.parts["method peak (up to)"] = extra
             plan.notes.append("method peak: an upper bound (e.g. InfLoRA's covariance and subspace memory)")
@@ -158,8 +160,8 @@ def estimate(
     plan.parts["logits"] = s * b * shape.vocab * (2 * element + 12)
     plan.parts["fixed"] = FIXED_BYTES
     if parallel == "fsdp":
-        adapters = 0.0 if adapter_config is None else plan.parts["adapters"] * n + plan.parts.get("method peak (up to)", 0)
-        plan.between_tasks = weights + adapters + s * b * shape.vocab * (element + 4) + FIXED_BYTES
+        whole = 0.0 if adapter_config is None else need + extra  # every adapter tensor gathered
+        plan.between_tasks = weights + whole + s * b * shape.vocab * (element + 4) + FIXED_BYTES
     if quant != "none" and parallel == "fsdp":
         plan.notes.append("FSDP over a quantized base needs a sharding-aware storage (bitsandbytes quant_storage)")
     return plan

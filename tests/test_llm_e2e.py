@@ -23,20 +23,11 @@ def llm_folders(tmp_path_factory):
     import sys
 
     sys.path.insert(0, str(TINY))
-    from test_causal_lm import save_tiny_llama
+    from test_causal_lm import save_tiny_llama, save_tiny_trace
 
     root = tmp_path_factory.mktemp("llm_e2e")
     save_tiny_llama(root / "model")
-    subjects = ["the cat", "a dog", "the mat", "the sky", "grass", "a big cat", "the small dog", "it"]
-    tasks = {
-        # task 1: every prompt is answered "blue"; task 2: "yes no" (learnable by attention adapters)
-        "color": [{"prompt": f"what is the color of {s}", "answer": "blue"} for s in subjects],
-        "question": [{"prompt": f"is it {s} question", "answer": "yes no"} for s in subjects],
-    }
-    for name, items in tasks.items():
-        (root / "data" / name).mkdir(parents=True)
-        (root / "data" / name / "train.json").write_text(json.dumps(items))
-        (root / "data" / name / "eval.json").write_text(json.dumps(items[:4]))
+    save_tiny_trace(root / "data")
     return root
 
 

@@ -48,6 +48,24 @@ def save_tiny_llama(folder, chat_template: str | None = None, seed: int = 0) -> 
     tok.save_pretrained(folder)
 
 
+SUBJECTS = ["the cat", "a dog", "the mat", "the sky", "grass", "a big cat", "the small dog", "it"]
+
+
+def save_tiny_trace(root) -> None:
+    """Two TRACE-format tasks under `root` (8 train, 4 eval items each): "color" is always answered
+    "blue", "question" always "yes no" (learnable by attention adapters in a few dozen steps)."""
+    import json
+
+    tasks = {
+        "color": [{"prompt": f"what is the color of {s}", "answer": "blue"} for s in SUBJECTS],
+        "question": [{"prompt": f"is it {s} question", "answer": "yes no"} for s in SUBJECTS],
+    }
+    for name, items in tasks.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "train.json").write_text(json.dumps(items))
+        (root / name / "eval.json").write_text(json.dumps(items[:4]))
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_llama")

@@ -23,25 +23,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_causal_lm import save_tiny_llama
+from test_causal_lm import save_tiny_llama, save_tiny_trace
 
 REPO = Path(__file__).resolve().parents[2]
 ENTRY = REPO / "tests" / "engine" / "ddp_entry.py"
-SUBJECTS = ["the cat", "a dog", "the mat", "the sky", "grass", "a big cat", "the small dog", "it"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("llama_dist")
     save_tiny_llama(root / "model")
-    tasks = {
-        "color": [{"prompt": f"what is the color of {s}", "answer": "blue"} for s in SUBJECTS],
-        "question": [{"prompt": f"is it {s} question", "answer": "yes no"} for s in SUBJECTS],
-    }
-    for name, items in tasks.items():
-        (root / "data" / name).mkdir(parents=True)
-        (root / "data" / name / "train.json").write_text(json.dumps(items))
-        (root / "data" / name / "eval.json").write_text(json.dumps(items[:4]))
+    save_tiny_trace(root / "data")
     return root
 
 

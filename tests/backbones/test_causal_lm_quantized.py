@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from test_causal_lm import save_tiny_llama
+from test_causal_lm import save_tiny_llama, save_tiny_trace
 from torch import nn
 
 from rankwise.adapters import get_method, get_model, load_model
@@ -253,15 +253,7 @@ def test_without_bitsandbytes_the_error_is_one_line_naming_the_extra(tiny_dir, m
 @pytest.fixture(scope="module")
 def run_folders(tmp_path_factory, tiny_dir):
     root = tmp_path_factory.mktemp("quantized_run")
-    subjects = ["the cat", "a dog", "the mat", "the sky", "grass", "a big cat", "the small dog", "it"]
-    tasks = {
-        "color": [{"prompt": f"what is the color of {s}", "answer": "blue"} for s in subjects],
-        "question": [{"prompt": f"is it {s} question", "answer": "yes no"} for s in subjects],
-    }
-    for name, items in tasks.items():
-        (root / name).mkdir(parents=True)
-        (root / name / "train.json").write_text(json.dumps(items))
-        (root / name / "eval.json").write_text(json.dumps(items[:4]))
+    save_tiny_trace(root)
     return root
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rankwise.adapters.base import whole
 from rankwise.engine.compiled import compile_regions
 from rankwise.engine.distributed import _StepLoss
 from rankwise.errors import RankwiseError
@@ -46,10 +47,8 @@ from rankwise.errors import RankwiseError
 def full_tensors(obj: Any) -> Any:
     """`obj` (nested dicts / lists / tuples) with every DTensor replaced by its full tensor (a
     collective: every rank must call it with the same structure). Plain tensors pass as they are."""
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(obj, DTensor):
-        return obj.full_tensor()
+    if isinstance(obj, torch.Tensor):
+        return whole(obj)
     if isinstance(obj, dict):
         return {k: full_tensors(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rankwise.adapters.base import whole
 from rankwise.config import TrainConfig
 from rankwise.engine.device import data_generator
 from rankwise.engine.distributed import SINGLE, DistContext, TaskDDP, TaskParallel, mean_scalar, shard
@@ -179,8 +180,7 @@ def train_task(
             total_loss += value / cfg.grad_accumulation
         grad_norm = None
         if cfg.grad_clip is not None:
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+            grad_norm = float(whole(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))  # FSDP: a DTensor
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()

@@ -23,7 +23,12 @@ Protocol (docs/protocol.md):
 5. Cost. Each run is a child process with one torch thread; its wall time, CPU time and peak resident
    memory (``wait4``) go to ``cost.json`` in its run directory (a heartbeat record while it runs, so a
    killed driver loses at most a minute of it). ``--workers N`` runs N at once.
-   A finished run (``cost.json`` present) is skipped; a stopped one continues with ``--resume``.
+6. Records. A finished run's config, accuracy matrix, metrics, cost and per-item test scores go to
+   ``benchmarks/results/<results stem>_runs/<sweep|order>/<run>.json.gz`` (committed with the results).
+   A run with a record is never run again (a record made with another config is an error), so the
+   protocol resumes from a fresh checkout; a run stopped part-way continues with ``--resume`` from
+   its run directory (``runs/protocol_<track>``, not committed). The report is computed from the
+   records alone: every recorded method and order, whatever ``--methods`` / ``--orders`` say.
 
 Writes ``benchmarks/results/text_mtil_protocol.json`` and prints the markdown tables.
 """
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import gzip
 import itertools
 import json
 import os
@@ -173,6 +179,65 @@ def make_config(track: Track, method: str, setting: dict[str, Any], tasks: list[
     return data
 
 
+# -- the record of finished runs ------------------------------------------------------------------
+def records_dir(out: Path) -> Path:
+    """Where a results file's per-run records live: ``<results stem>_runs/`` beside it."""
+    return out.with_name(out.stem + "_runs")
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs the same run: the config without its name and output folder."""
+    return {k: v for k, v in config.items() if k not in ("name", "output")}
+
+
+def load_record(path: Path) -> dict[str, Any] | None:
+    return json.loads(gzip.decompress(path.read_bytes())) if path.exists() else None
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    data = gzip.compress(json.dumps(record, sort_keys=True).encode(), mtime=0)  # same run, same bytes
+    with io.atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def make_record(config: dict[str, Any], with_items: bool) -> dict[str, Any]:
+    """A finished run's durable record: its config, accuracy matrix, metrics, cost and (for test runs)
+    per-item scores, everything the report needs, so the run directory can go."""
+    from rankwise.paired import load_item_scores
+
+    run_dir = Path(config["output"]["dir"])
+    result = read_run(run_dir)
+    tasks, items = load_item_scores(run_dir) if with_items else (None, None)
+    return {"config": identity(config), **result, "tasks": tasks,
+            "items": None if items is None else [a.tolist() for a in items]}  # fmt: skip
+
+
+def check_record(record: dict[str, Any], config: dict[str, Any], path: Path) -> None:
+    """A record made with another config is never overwritten silently: it is an error naming the keys."""
+    if record["config"] != identity(config):
+        old, new = _flatten(record["config"]), _flatten(identity(config))
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        raise SystemExit(f"{path}: recorded with another config (differs in {', '.join(changed)}); "
+                         "move the record away to run it again with the current settings")  # fmt: skip
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@dataclass
+class Job:
+    config: dict[str, Any]
+    record: Path  # written once the run has finished
+    with_items: bool
+
+
 # -- running jobs -------------------------------------------------------------------------------
 def _child_usage(pid: int) -> tuple[float, float]:
     """(CPU seconds, peak resident MiB) of a running child, from /proc (Linux); (0, 0) elsewhere."""
@@ -204,9 +269,11 @@ def run_job(config: dict[str, Any], log: Path, heartbeat_s: float = 60.0) -> dic
     next attempt adds the earlier attempts' cost to its own."""
     run_dir = Path(config["output"]["dir"])
     cost_file = run_dir / "cost.json"
-    if cost_file.exists():
-        return json.loads(cost_file.read_text())
     config_file = run_dir.parent / f"{run_dir.name}.yaml"
+    if cost_file.exists():
+        if identity(yaml.safe_load(config_file.read_text())) != identity(config):
+            raise RuntimeError(f"{run_dir} finished with another config ({config_file}); move it away to run this one")
+        return json.loads(cost_file.read_text())
     io.write_text(config_file, yaml.safe_dump(config, sort_keys=False))
     command = [sys.executable, "-m", "rankwise.cli", "run", str(config_file), "--quiet"]
     partial = run_dir.parent / f"{run_dir.name}.partial_cost.json"
@@ -238,9 +305,16 @@ def run_job(config: dict[str, Any], log: Path, heartbeat_s: float = 60.0) -> dic
     return cost
 
 
-def run_all(configs: list[dict[str, Any]], workers: int, logs: Path) -> list[str]:
-    """Run every config, `workers` child processes at a time; returns the failures' messages."""
-    pending = list(configs)
+def run_all(jobs: list[Job], workers: int, logs: Path) -> list[str]:
+    """Run every job without a record, `workers` child processes at a time, and write each finished
+    run's record; returns the failures' messages."""
+    pending = []
+    for job in jobs:
+        record = load_record(job.record)
+        if record is None:
+            pending.append(job)
+        else:
+            check_record(record, job.config, job.record)
     failures: list[str] = []
     lock = threading.Lock()
 
@@ -249,10 +323,11 @@ def run_all(configs: list[dict[str, Any]], workers: int, logs: Path) -> list[str
             with lock:
                 if not pending:
                     return
-                config = pending.pop(0)
-            name = Path(config["output"]["dir"]).name
+                job = pending.pop(0)
+            name = Path(job.config["output"]["dir"]).name
             try:
-                cost = run_job(config, logs / f"{name}.log")
+                cost = run_job(job.config, logs / f"{name}.log")
+                write_record(job.record, make_record(job.config, job.with_items))
                 print(f"done {name}: {cost['wall_s'] / 60:.1f} min", flush=True)
             except RuntimeError as err:
                 with lock:
@@ -280,66 +355,81 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return {"matrix": matrix.tolist(), "metrics": metrics, "cost": json.loads((run_dir / "cost.json").read_text())}
 
 
-def sweep_stage(track: Track, runs: Path, methods: list[str], workers: int) -> dict[str, Any]:
+def sweep_stage(track: Track, runs: Path, records: Path, methods: list[str], workers: int) -> dict[str, Any]:
     """Run every method's grid on the first two tasks' validation splits; the best setting per method."""
-    jobs = {}
+    jobs = []
     for method in methods:
         for setting in sweep_settings(track, method):
-            run_dir = runs / "sweep" / f"{method}__{label(setting)}"
-            config = make_config(track, method, setting, track.sweep_tasks, 0, "validation", run_dir)
-            jobs[(method, label(setting))] = (setting, config)
-    failures = run_all([c for _, c in jobs.values()], workers, runs / "logs")
+            name = f"{method}__{label(setting)}"
+            config = make_config(track, method, setting, track.sweep_tasks, 0, "validation", runs / "sweep" / name)
+            jobs.append(Job(config, records / "sweep" / f"{name}.json.gz", with_items=False))
+    failures = run_all(jobs, workers, runs / "logs")
     if failures:
         raise SystemExit("sweep runs failed:\n" + "\n".join(failures))
     out: dict[str, Any] = {}
     for method in methods:
         rows = []
         for setting in sweep_settings(track, method):
-            result = read_run(runs / "sweep" / f"{method}__{label(setting)}")
-            rows.append({"setting": setting, "validation": result["metrics"], "cost": result["cost"]})
+            record = load_record(records / "sweep" / f"{method}__{label(setting)}.json.gz")
+            rows.append({"setting": setting, "validation": record["metrics"], "cost": record["cost"]})
         best = max(rows, key=lambda r: r["validation"]["last"]) if rows else {"setting": {}}
         out[method] = {"tasks": track.sweep_tasks, "criterion": "validation Last", "grid": rows, "chosen": best["setting"]}
     return out
 
 
-def main_configs(track: Track, runs: Path, methods: list[str], orders: list[str], seeds: list[int], chosen: dict[str, Any]) -> list[dict]:
+def main_jobs(
+    track: Track, runs: Path, records: Path, methods: list[str], orders: list[str], seeds: list[int], chosen: dict[str, Any]
+) -> list[Job]:
     """Seed-major: every method of a seed before the next seed, so a stopped protocol holds complete
     seeds to compare (zero-shot has no randomness: it runs with the first seed only)."""
-    configs = []
+    jobs = []
     for order, seed, method in itertools.product(orders, seeds, methods):
         if method != "zero-shot" or seed == seeds[0]:
             setting = chosen.get(method, {}).get("chosen", {})
-            run_dir = runs / order / f"{method}__s{seed}"
-            configs.append(make_config(track, method, setting, track.orders[order], seed, "test", run_dir))
-    return configs
+            name = f"{method}__s{seed}"
+            config = make_config(track, method, setting, track.orders[order], seed, "test", runs / order / name)
+            jobs.append(Job(config, records / order / f"{name}.json.gz", with_items=True))
+    return jobs
 
 
-def summarise(runs: Path, methods: list[str], orders: list[str], seeds: list[int]) -> dict[str, Any]:
-    from rankwise.paired import compare_by_seed, load_item_scores
+def summarise(track: Track, records: Path, seeds: list[int], earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every recorded main run of the track (whatever a command's ``--methods`` / ``--orders``): per
+    (order, method) the summaries over seeds, per pair of methods the paired bootstrap. A pair whose
+    runs were recorded without per-item scores keeps its differences from `earlier` (the previous
+    results file's ``main``), when they were computed on the same seeds."""
+    from rankwise.paired import compare_by_seed
     from rankwise.report_compare import mean_interval
 
     out: dict[str, Any] = {}
-    for order in orders:
+    for order in track.orders:
         per_method: dict[str, Any] = {}
         items: dict[str, dict] = {}
-        for method in methods:
+        for method in track.methods:
             method_seeds = seeds if method != "zero-shot" else seeds[:1]
-            done = [s for s in method_seeds if (runs / order / f"{method}__s{s}" / "cost.json").exists()]
-            if not done:
+            found = {s: load_record(records / order / f"{method}__s{s}.json.gz") for s in method_seeds}
+            results = {s: r for s, r in found.items() if r is not None}
+            if not results:
                 continue
-            results = {s: read_run(runs / order / f"{method}__s{s}") for s in done}
+            done = list(results)
             summary = {}
             for metric in (*METRICS, "mean_diagonal"):
                 values = [results[s]["metrics"][metric] for s in done]
                 mean, half = mean_interval(values)
                 summary[metric] = {"mean": float(mean), "ci95": None if np.isnan(half) else float(half), "values": values}
-            per_method[method] = {"seeds": done, "summary": summary, "runs": {str(s): results[s] for s in done}}
-            items[method] = {s: load_item_scores(runs / order / f"{method}__s{s}")[1] for s in done}
+            runs = {str(s): {k: results[s][k] for k in ("matrix", "metrics", "cost")} for s in done}
+            per_method[method] = {"seeds": done, "summary": summary, "runs": runs}
+            if all(r["items"] is not None for r in results.values()):
+                items[method] = {s: [np.asarray(a) for a in results[s]["items"]] for s in done}
         pairs = []
+        before = (earlier or {}).get(order, {}).get("paired", [])
         trained = [m for m in per_method if m != "zero-shot"]
         for a, b in itertools.combinations(trained, 2):
-            shared, diffs = compare_by_seed(items[a], items[b])
-            pairs += [{"a": a, "b": b, "seeds": shared, **dataclasses.asdict(diff)} for diff in diffs]
+            if a in items and b in items:
+                shared, diffs = compare_by_seed(items[a], items[b])
+                pairs += [{"a": a, "b": b, "seeds": shared, **dataclasses.asdict(diff)} for diff in diffs]
+            else:
+                shared = [s for s in per_method[a]["seeds"] if s in per_method[b]["seeds"]]
+                pairs += [p for p in before if (p["a"], p["b"]) == (a, b) and p["seeds"] == shared]
         out[order] = {"methods": per_method, "paired": pairs}
     return out
 
@@ -400,22 +490,24 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{flag} {sorted(set(given) - set(valid))}: expected some of {list(valid)}")
     runs = Path(args.runs or f"runs/protocol_{args.track}").resolve()
     out = Path(args.out or track.out)
+    records = records_dir(out)
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     results["protocol"] = {"base": track.base, "orders": track.orders, "methods": track.methods,
                            "sweep_grid": track.sweep, "seeds": args.seeds}  # fmt: skip
     if args.stage in ("all", "sweep"):
-        done = sweep_stage(track, runs, [m for m in methods if m in track.sweep], args.workers)
+        done = sweep_stage(track, runs, records, [m for m in methods if m in track.sweep], args.workers)
         results["sweep"] = {**results.get("sweep", {}), **done}
+        io.write_json(out, results)
     if args.stage in ("all", "main"):
         if any(m in track.sweep and m not in results.get("sweep", {}) for m in methods):
             raise SystemExit("run the sweep first (--stage sweep): the main runs use its chosen settings")
-        configs = main_configs(track, runs, methods, orders, args.seeds, results.get("sweep", {}))
-        failures = run_all(configs, args.workers, runs / "logs")
+        jobs = main_jobs(track, runs, records, methods, orders, args.seeds, results.get("sweep", {}))
+        failures = run_all(jobs, args.workers, runs / "logs")
         if failures:
             print("failed runs (rerun the same command to resume them):\n" + "\n".join(failures), file=sys.stderr)
     if args.stage in ("all", "main", "report"):
-        results["main"] = summarise(runs, methods, orders, args.seeds)
-        costs = [json.loads(p.read_text()) for p in runs.rglob("cost.json")]
+        results["main"] = summarise(track, records, args.seeds, earlier=results.get("main"))
+        costs = [load_record(p)["cost"] for p in sorted(records.rglob("*.json.gz"))]
         results["cost"] = {
             "runs": len(costs),
             "cpu_hours": round(sum(c["cpu_s"] for c in costs) / 3600, 2),

@@ -1,16 +1,18 @@
 """benchmarks/protocol.py: the configs it generates are valid, the sweep picks on validation Last,
-and the summaries / paired differences equal what the run directories hold (fake finished runs)."""
+finished runs are recorded and never rerun, and the summaries / paired differences equal what the
+records hold (fake finished runs)."""
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rankwise.config import config_from_dict
-from rankwise.metrics import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,10 +34,11 @@ def test_every_generated_config_is_valid(protocol, tmp_path):
                 assert config.scenario.config.evaluate_on == "validation", name
                 assert config.eval.item_scores and config.threads == 1
         chosen = {m: {"chosen": (protocol.sweep_settings(track, m) or [{}])[0]} for m in track.methods}
-        configs = protocol.main_configs(track, tmp_path, list(track.methods), list(track.orders), [0, 1, 2], chosen)
-        assert len(configs) == len(track.orders) * (1 + 3 * (len(track.methods) - 1))  # zero-shot once
-        for data in configs:
-            config = config_from_dict(data)
+        jobs = protocol.main_jobs(track, tmp_path, tmp_path / "rec", list(track.methods), list(track.orders), [0, 1, 2], chosen)
+        assert len(jobs) == len(track.orders) * (1 + 3 * (len(track.methods) - 1))  # zero-shot once
+        assert len({j.record for j in jobs}) == len(jobs) and all(j.with_items for j in jobs)
+        for job in jobs:
+            config = config_from_dict(job.config)
             assert config.scenario.config.evaluate_on == "test"
             assert config.scenario.config.tasks in [list(o) for o in track.orders.values()]
 
@@ -53,44 +56,97 @@ def fake_run(run_dir: Path, items: list[np.ndarray], wall: float = 60.0) -> None
     (run_dir / "cost.json").write_text(json.dumps(cost))
 
 
-def test_summaries_and_paired_differences_from_the_runs(protocol, tmp_path):
+def fake_record(protocol, records: Path, group: str, name: str, items: list[np.ndarray], config=None) -> None:
+    """A fake finished run (`fake_run`) turned into its record, as `run_all` does after a run."""
+    run_dir = records.parent / "runs" / group / name
+    fake_run(run_dir, items)
+    config = {**(config or {}), "name": name, "output": {"dir": str(run_dir)}}
+    protocol.write_record(records / group / f"{name}.json.gz", protocol.make_record(config, with_items=group != "sweep"))
+
+
+def test_summaries_and_paired_differences_from_the_records(protocol, tmp_path):
     rng = np.random.default_rng(0)
     zero = [np.where(rng.random((1, 40)) < 0.5, 100.0, 0.0) for _ in range(3)]
+    records = tmp_path / "rec"
 
     def run_items(p):
         return [np.concatenate([z, np.where(rng.random((3, 40)) < p, 100.0, 0.0)]) for z in zero]
 
-    fake_run(tmp_path / "published" / "zero-shot__s0", [np.repeat(z, 4, axis=0) for z in zero])
+    fake_record(protocol, records, "published", "zero-shot__s0", [np.repeat(z, 4, axis=0) for z in zero])
+    expected_lasts = {}
     for seed in (0, 1, 2):
-        fake_run(tmp_path / "published" / f"lora__s{seed}", run_items(0.6))
-        fake_run(tmp_path / "published" / f"moram__s{seed}", run_items(0.8))
-    out = protocol.summarise(tmp_path, ["zero-shot", "lora", "moram"], ["published"], [0, 1, 2])["published"]
-    lasts = [
-        summarize(json.loads((tmp_path / "published" / f"lora__s{s}" / "accuracy_matrix.json").read_text())["matrix"])["last"]
-        for s in (0, 1, 2)
-    ]
+        for method, p in (("lora", 0.6), ("moram", 0.8)):
+            items = run_items(p)
+            expected_lasts[method, seed] = np.mean([a[-1].mean() for a in items])  # Last: the final row's mean
+            fake_record(protocol, records, "published", f"{method}__s{seed}", items)
+    shutil.rmtree(tmp_path / "runs")  # the report reads the records only
+    out = protocol.summarise(protocol.TEXT, records, [0, 1, 2])["published"]
+    lasts = [expected_lasts["lora", s] for s in (0, 1, 2)]
     summary = out["methods"]["lora"]["summary"]["last"]
     assert summary["mean"] == pytest.approx(np.mean(lasts))
     assert summary["ci95"] == pytest.approx(4.3027 * np.std(lasts, ddof=1) / np.sqrt(3))  # t_{0.975, 2}
     assert out["methods"]["zero-shot"]["summary"]["plasticity"]["mean"] == 0.0
     pair = next(p for p in out["paired"] if p["metric"] == "last")
-    moram_lasts = out["methods"]["moram"]["summary"]["last"]["values"]
+    moram_lasts = [expected_lasts["moram", s] for s in (0, 1, 2)]
     assert (pair["a"], pair["b"]) == ("lora", "moram")
     assert pair["difference"] == pytest.approx(np.mean(lasts) - np.mean(moram_lasts))
     assert pair["high"] < 0 and pair["p_value"] < 0.01  # 60% vs 80% on 120 items per seed
     table = protocol.tables(protocol.TEXT, {"main": {"published": out}})
     assert "| lora | 3 |" in table and "| lora − moram |" in table
 
+    # a method recorded without per-item scores (imported from an earlier results file): its pairs come
+    # from the earlier report when they were computed on the same seeds, and are never invented
+    for seed in (0, 1, 2):
+        path = records / "published" / f"moram__s{seed}.json.gz"
+        protocol.write_record(path, {**protocol.load_record(path), "items": None})
+    earlier = {"published": {"paired": [{**p, "difference": 99.0} for p in out["paired"]]}}
+    again = protocol.summarise(protocol.TEXT, records, [0, 1, 2], earlier=earlier)["published"]
+    assert [p["difference"] for p in again["paired"]] == [99.0] * 4
+    assert protocol.summarise(protocol.TEXT, records, [0, 1, 2])["published"]["paired"] == []
+    shifted = {"published": {"paired": [{**p, "seeds": [0, 1]} for p in out["paired"]]}}
+    assert protocol.summarise(protocol.TEXT, records, [0, 1, 2], earlier=shifted)["published"]["paired"] == []
 
-def test_sweep_picks_the_best_validation_last_and_skips_finished_runs(protocol, tmp_path):
+
+def test_sweep_picks_the_best_validation_last_and_skips_recorded_runs(protocol, tmp_path):
     track = protocol.TEXT
+    records = tmp_path / "rec"
     for setting in protocol.sweep_settings(track, "lora"):
         good = setting["train.lr"] == 2.0e-3
         items = [np.full((3, 10), 100.0 if good else 50.0) for _ in range(2)]
-        fake_run(tmp_path / "sweep" / f"lora__{protocol.label(setting)}", items)
-    result = protocol.sweep_stage(track, tmp_path, ["lora"], workers=1)  # every run has cost.json: none runs
+        name = f"lora__{protocol.label(setting)}"
+        config = protocol.make_config(track, "lora", setting, track.sweep_tasks, 0, "validation", tmp_path / name)
+        fake_record(protocol, records, "sweep", name, items, config=config)
+    shutil.rmtree(tmp_path / "runs")
+    result = protocol.sweep_stage(track, tmp_path / "runs", records, ["lora"], workers=1)  # every run recorded: none runs
+    assert not (tmp_path / "runs" / "sweep").exists()
     assert result["lora"]["chosen"] == {"train.lr": 2.0e-3}
     assert result["lora"]["criterion"] == "validation Last" and len(result["lora"]["grid"]) == 3
+
+    # a record made with another config is an error naming what differs, never silently replaced
+    changed = copy.deepcopy(track)
+    changed.base["train"]["iterations"] = 7
+    with pytest.raises(SystemExit, match="differs in train.iterations"):
+        protocol.sweep_stage(changed, tmp_path / "runs", records, ["lora"], workers=1)
+
+
+def test_report_covers_every_recorded_method_and_order(protocol, tmp_path, capsys):
+    """`--stage report --methods lora --orders second` still reports every recorded run: a command run
+    for part of the protocol never drops the other parts from the results file."""
+    out = tmp_path / "results.json"
+    records = protocol.records_dir(out)
+    assert records == tmp_path / "results_runs"
+    rng = np.random.default_rng(1)
+    for order in ("published", "second"):
+        for seed in (0, 1, 2):
+            items = [np.where(rng.random((10, 20)) < 0.7, 100.0, 0.0) for _ in range(9)]
+            fake_record(protocol, records, order, f"lora__s{seed}", items)
+    fake_record(protocol, records, "sweep", "lora__lr=0.001", [np.full((3, 4), 100.0)] * 2)
+    protocol.main(["--stage", "report", "--methods", "codyra", "--orders", "second", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert set(results["main"]) == {"published", "second"}
+    assert results["main"]["published"]["methods"]["lora"]["seeds"] == [0, 1, 2]
+    assert results["cost"]["runs"] == 7 and results["cost"]["cpu_hours"] == pytest.approx(7 * 60 / 3600, abs=0.01)
+    assert "**published order**" in capsys.readouterr().out
 
 
 def test_run_job_records_cost_while_running_and_adds_an_earlier_attempt(protocol, tmp_path, monkeypatch):
@@ -117,3 +173,14 @@ def test_run_job_records_cost_while_running_and_adds_an_earlier_attempt(protocol
     assert all(b["cpu_s"] >= 50.0 and b["attempts"] == 2 for b in running)  # the earlier attempt included
     assert cost["attempts"] == 2 and cost["cpu_s"] > 50.0 and cost["wall_s"] > 100.0 and cost["peak_rss_mib"] > 50
     assert json.loads((run_dir / "cost.json").read_text()) == cost
+
+
+def test_run_job_refuses_a_finished_run_directory_of_another_config(protocol, tmp_path):
+    run_dir = tmp_path / "lora__s0"
+    fake_run(run_dir, [np.full((2, 4), 100.0)])
+    config = {"seed": 0, "threads": 1, "train": {"lr": 1e-3}, "output": {"dir": str(run_dir)}}
+    (tmp_path / "lora__s0.yaml").write_text(json.dumps({**config, "train": {"lr": 2e-3}}))
+    with pytest.raises(RuntimeError, match="finished with another config"):
+        protocol.run_job(config, tmp_path / "log.txt")
+    (tmp_path / "lora__s0.yaml").write_text(json.dumps(config))
+    assert protocol.run_job(config, tmp_path / "log.txt")["wall_s"] == 60.0  # the same config: not run again

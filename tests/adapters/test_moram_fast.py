@@ -103,6 +103,29 @@ def test_inference_pruning_really_zeroes_atoms_in_the_fast_path():
     assert (layer(x) - layer.base_layer(x)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("top_k", [None, 16])  # k < R (top-k, then the survivors) and k = R
+def test_pruned_inference_reads_only_the_surviving_atoms(top_k):
+    """At inference with pruning only (token, atom) pairs with a non-zero weight are summed: a value row
+    that no token keeps is never read (NaN there would poison a weight-0 product), the output equals
+    the dense formula, and gradient mode (training or an input that needs grad) keeps the full path."""
+    layer = make_layer(16, 24, 4, 4, top_k, False)  # R = 16
+    layer.eval()
+    layer.delta_threshold = 0.4
+    x = torch.randn(12, 16, dtype=torch.float64)
+    s = F.normalize(x @ layer.bank_A.T, dim=-1)
+    k = min(top_k or 4, 16)
+    top_s, index = s.topk(k, dim=-1)
+    w = torch.zeros_like(s).scatter(-1, index, torch.softmax(top_s / 0.1, dim=-1)) * (s >= 0.4)
+    unused = (w == 0).all(dim=0)
+    assert 0 < unused.sum() < 16 and (w > 0).any(dim=1).sum() > 6
+    expected = dense_moram(x, layer.base_layer.weight, layer.base_layer.bias, layer.bank_A, layer.bank_B, k, 0.1, 0.4, False)
+    with torch.no_grad():
+        layer.bank_BT[unused] = float("nan")
+        out = layer(x)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert torch.isnan(layer(x.requires_grad_(True))).any()  # with autograd every selected row is read
+
+
 def test_bank_is_stored_contiguous_and_saved_in_the_dense_layout():
     layer = make_layer(16, 24, 3, 4, None, True, alpha=8.0)
     trained_B = torch.cat([layer.bank_B, layer.lora_B.detach() * 2.0], dim=1)

@@ -260,7 +260,11 @@ class MoRAMLinear(AdapterLayer):
             _warn_budget(self.budget, num_atoms)
         norm = torch.linalg.vector_norm(p, dim=-1, keepdim=True).clamp_min(1e-12)
         fuse = out is not None and out.dtype == dtype
-        if k == num_atoms:  # the budget covers every atom: one dense matmul is cheapest
+        if self._prunes(p):
+            if out is not None:
+                return self._pruned_delta(p, norm, k, out.reshape(-1, self.out_features)).view(out.shape)
+            delta = self._pruned_delta(p, norm, k, None)
+        elif k == num_atoms:  # the budget covers every atom: one dense matmul is cheapest
             w = self._weights(p, norm)
             if self.track_activations and not self.training:
                 self._count(w)
@@ -281,6 +285,44 @@ class MoRAMLinear(AdapterLayer):
                 return out.reshape(-1, self.out_features).add_(delta).view(out.shape)
         delta = delta.reshape(*x.shape[:-1], self.out_features)
         return delta if out is None else out + delta.to(out.dtype)
+
+    def _prunes(self, p: torch.Tensor) -> bool:
+        """Inference with rank pruning and no gradient: only the atoms that survive the pruning are read."""
+        return not self.training and self.delta_threshold > 0 and not p.requires_grad and not torch.compiler.is_compiling()
+
+    def _pruned_delta(self, p: torch.Tensor, norm: torch.Tensor, k: int, out: torch.Tensor | None) -> torch.Tensor:
+        """``out + delta`` (`out` (N, d_out) or None) summing the (token, atom) pairs of non-zero weight only.
+
+        With pruning an atom counts only where its score s >= delta, and the scores of a token are a
+        unit vector, so at most 1 / delta^2 of its k atoms survive (25 for delta = 0.2). The survivors
+        form a sparse (N, R) coefficient matrix; the value rows are read for those pairs only, not for
+        k pairs per token. The dropped terms are exact zeros, so the sum is the top-k sum. On the CPU
+        in float32 / float64 it is one CSR x dense product added into `out` in place (no (N, d_out)
+        temporary: a fresh buffer of that size costs more in page faults than the sum itself);
+        elsewhere one ``embedding_bag`` with a bag of survivors per token."""
+        top_p, index = (p, None) if k == p.shape[-1] else p.topk(k, dim=-1)
+        w = self._weights(top_p, norm)
+        if self.track_activations:
+            self._count(w if index is None else torch.zeros_like(p).scatter_(-1, index, w))
+        coef = top_p * w
+        survives = coef != 0
+        kept = survives.view(-1).nonzero().squeeze(1)
+        atoms = kept % k if index is None else index.view(-1)[kept]
+        counts = survives.sum(dim=-1)
+        ends = counts.cumsum(0)
+        values = self._values_by_atom()
+        weights = coef.view(-1)[kept].to(values.dtype)  # autocast may leave p in bf16
+        if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
+            delta = F.embedding_bag(atoms, values, ends - counts, mode="sum", per_sample_weights=weights)
+            return delta if out is None else out.add_(delta)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            crow = torch.cat([ends.new_zeros(1), ends])
+            coefficients = torch.sparse_csr_tensor(crow, atoms, weights, size=p.shape, check_invariants=False)
+        if out is None or out.dtype != values.dtype:
+            delta = torch.sparse.mm(coefficients, values)
+            return delta if out is None else out.add_(delta)
+        return out.addmm_(coefficients, values)
 
     @torch.no_grad()
     def _count(self, w: torch.Tensor) -> None:

@@ -242,20 +242,23 @@ class AdapterLayer(nn.Module):
         # A strided input (e.g. attention's transposed (L, B, E)) with a frozen weight makes torch.matmul
         # broadcast the weight into a slow batched matmul at inference; one copy here avoids it.
         x = x if x.is_contiguous() else x.contiguous()
-        out = self.base_output(x)
+        shape = (*x.shape[:-1], self.out_features)
+        x = x.reshape(-1, self.in_features)  # (N, d_in): a view
+        out = self.base_output(x)  # (N, d_out), a fresh tensor, not a view (see below)
         if not self.has_delta():
-            return out
+            return out.view(shape)
         h = self.low_rank_input(x)
         if h is None:
-            return out + self.delta(x).to(out.dtype)
+            return (out + self.delta(x).to(out.dtype)).view(shape)
         if h.dtype != out.dtype or self.lora_B.dtype != out.dtype:
             # e.g. under autocast: in-place addmm_ is not autocast, so use the out-of-place sum. Reuse h
             # (delta = h B^T): recomputing it would draw the dropout mask a second time.
-            return out + nn.functional.linear(h, self.lora_B).to(out.dtype)
+            return (out + nn.functional.linear(h, self.lora_B).to(out.dtype)).view(shape)
         # out += h B^T inside the matmul, in place: the base output is fresh and its backward does not
-        # need it, so no copy of the (N, d_out) output and no separate addition pass
-        flat = out.reshape(-1, self.out_features)
-        return flat.addmm_(h.reshape(-1, h.shape[-1]), self.lora_B.t()).view(out.shape)
+        # need it, so no copy of the (N, d_out) output and no separate addition pass. It must be the
+        # 2-D output itself: an in-place op on a view of it (out.reshape(-1, d) of a 3-D output)
+        # makes autograd copy the whole gradient through CopySlices / AsStrided in backward.
+        return out.addmm_(h, self.lora_B.t()).view(shape)
 
     def has_delta(self) -> bool:
         return self.task_active

@@ -46,7 +46,7 @@ from rankwise.adapters.base import (
     meta_bool,
     meta_int_list,
 )
-from rankwise.adapters.moram_kernels import _coef_grad, _TopKValues  # noqa: F401 (older import path)
+from rankwise.adapters.moram_kernels import _coef_grad, _Keys, _TopKValues  # noqa: F401 (older import path)
 from rankwise.errors import ConfigError
 
 COMPAT_MODES = ("rankwise", "official_trace")
@@ -210,14 +210,15 @@ class MoRAMLinear(AdapterLayer):
 
     # -- forward -------------------------------------------------------------------------------
     def _key_responses(self, x: torch.Tensor) -> torch.Tensor:
-        """p = A_all x as (N, R). With a live task the bank and the new atoms are two matmuls, so the
-        backward computes the weight gradient of the r trainable rows only, not of all R."""
+        """p = A_all x as (N, R). With a live task one matmul over [bank; live] whose backward computes the
+        weight gradient of the r trainable rows only, not of all R (`_Keys`)."""
         if self.lora_A is None:
             return F.linear(x, self.bank_A)
-        p_new = F.linear(x, self.lora_A)
         if not self.bank_A.shape[0]:
-            return p_new
-        return torch.cat([F.linear(x, self.bank_A), p_new], dim=-1)
+            return F.linear(x, self.lora_A)
+        if torch.is_autocast_enabled(x.device.type):  # F.linear casts to the autocast dtype; _Keys does not
+            return torch.cat([F.linear(x, self.bank_A), F.linear(x, self.lora_A)], dim=-1)
+        return _Keys.apply(x, self.bank_A, self.lora_A)
 
     def _live_values(self) -> torch.Tensor:
         """The live task's values, scaled, as an (r, d_out) view."""
@@ -241,10 +242,12 @@ class MoRAMLinear(AdapterLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x if x.is_contiguous() else x.contiguous()  # see AdapterLayer.forward; the keys reuse it
-        out = self.base_output(x)
+        shape = (*x.shape[:-1], self.out_features)
+        x = x.reshape(-1, self.in_features)
+        out = self.base_output(x)  # (N, d_out) and not a view: the in-place adds below stay cheap in backward
         if not self.has_delta():
-            return out
-        return self._mix(x, out)
+            return out.view(shape)
+        return self._mix(x, out).view(shape)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         return self._mix(x, None)
@@ -262,7 +265,7 @@ class MoRAMLinear(AdapterLayer):
         fuse = out is not None and out.dtype == dtype
         if self._prunes(p):
             if out is not None:
-                return self._pruned_delta(p, norm, k, out.reshape(-1, self.out_features)).view(out.shape)
+                return self._pruned_delta(p, norm, k, out)
             delta = self._pruned_delta(p, norm, k, None)
         elif k == num_atoms:  # the budget covers every atom: one dense matmul is cheapest
             w = self._weights(p, norm)
@@ -270,7 +273,7 @@ class MoRAMLinear(AdapterLayer):
                 self._count(w)
             values = self._values_by_atom()
             if fuse:  # in place into the fresh base output (its backward does not need it)
-                return out.reshape(-1, self.out_features).addmm_(p * w, values).view(out.shape)
+                return out.addmm_(p * w, values)
             delta = (p * w) @ values
         else:  # only k atoms per token carry weight: sum k rows of values
             top_p, index = p.topk(k, dim=-1)
@@ -282,7 +285,7 @@ class MoRAMLinear(AdapterLayer):
             # autocast leaves p in bf16 while the values stay float32; embedding_bag needs one dtype
             delta = _TopKValues.apply(index, (top_p * w).to(values_dtype), self.bank_BT, live)
             if fuse:
-                return out.reshape(-1, self.out_features).add_(delta).view(out.shape)
+                return out.add_(delta)
         delta = delta.reshape(*x.shape[:-1], self.out_features)
         return delta if out is None else out + delta.to(out.dtype)
 

@@ -59,6 +59,7 @@ class Workload:
     inputs: Callable[[bool], Any]  # requires_grad -> model input
     loss: Callable[[nn.Module, Any], torch.Tensor]
     info: dict[str, Any]
+    official: type | None = None  # the official MoRAM_Linear class, timed beside ours (one-layer workloads)
 
 
 # -- models ----------------------------------------------------------------------------------------
@@ -150,7 +151,7 @@ class OneLayer(nn.Module):
         return self.proj(x)
 
 
-def layer_workload(d_in: int, d_out: int, tokens: int, device: str) -> Workload:
+def layer_workload(d_in: int, d_out: int, tokens: int, device: str, official: type | None = None) -> Workload:
     x = torch.randn(tokens, d_in, device=device)
     return Workload(
         f"layer_{d_in}x{d_out}",
@@ -159,6 +160,7 @@ def layer_workload(d_in: int, d_out: int, tokens: int, device: str) -> Workload:
         lambda grad: x.clone().requires_grad_(grad),
         lambda m, x: m(x).square().mean(),
         {"what": f"one nn.Linear {d_in} -> {d_out}", "tokens": tokens},
+        official,
     )
 
 
@@ -185,6 +187,52 @@ def moram_model(module: nn.Module, targets: list[str], atoms: int, live: bool) -
         if t < frozen:
             model.end_task()
     return model
+
+
+class OfficialLayer(nn.Module):
+    """The official MoRAM_Linear (``--official-moram``) holding the same weights and atoms as ours."""
+
+    def __init__(self, official: nn.Module) -> None:
+        super().__init__()
+        self.proj = official
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)[0]  # it returns (output, auxiliary loss = 0)
+
+
+def load_official_moram(path: str) -> type:
+    """``MoRAM_Linear`` from a checkout of github.com/Artificer-AI-Lab/MoRAM (its XTAIL/loralib/moram.py)."""
+    import importlib.util
+
+    source = Path(path) / "XTAIL" / "loralib" / "moram.py"
+    if not source.is_file():
+        raise SystemExit(f"--official-moram={path!r}: {source} not found (a checkout of Artificer-AI-Lab/MoRAM)")
+    spec = importlib.util.spec_from_file_location("official_moram", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.MoRAM_Linear
+
+
+def official_twin(ours: rankwise.RankwiseModel, official_cls: type) -> nn.Module:
+    """The official layer with our one-layer model's base weight, frozen bank and live atoms (its
+    ``increment_task`` moves tensors to CUDA, so the bank is set directly)."""
+    layer = ours.adapter_layers()["proj"]
+    base = layer.base_layer
+    twin = official_cls(base.in_features, base.out_features, r=RANK, lora_alpha=RANK, lora_threshold=layer.delta_threshold,
+                        temp=layer.tau, topk=layer.budget)  # fmt: skip
+    with torch.no_grad():
+        twin.weight.copy_(base.weight)
+        twin.bias.copy_(base.bias)
+        twin.weight.requires_grad_(False)
+        twin.bias.requires_grad_(False)
+        twin.old_lora_A = nn.Parameter(layer.bank_A.clone(), requires_grad=False)
+        twin.old_lora_B = nn.Parameter(layer.bank_B.clone(), requires_grad=False)
+        if layer.lora_A is None:
+            twin.lora_A = twin.lora_B = None
+        else:
+            twin.lora_A.copy_(layer.lora_A)
+            twin.lora_B.copy_(layer.lora_B * layer.scaling)
+    return OfficialLayer(twin.to(base.weight.device))
 
 
 def split_attention(model: nn.Module, targets: list[str]) -> nn.Module:
@@ -273,17 +321,28 @@ def bench(w: Workload, repeats: int, device: str, train: bool = True) -> dict[st
     result["adapted_layers"] = len(probe.adapter_layers())
     result["moram_mac_floor"] = {f"moram{n}": 1 + n * per_atom / base_macs for n in BANKS}
     del probe
+    official = f"official_moram{BANKS[-1]}"  # the official layer with the same weights as our largest bank
     if train:
         steps, memory = {}, {}
         for variant in TRAIN_VARIANTS:
             model, params, after = training_setup(w, variant)
             steps[variant] = train_step(w, model, params, after)
             memory[variant] = training_memory(model, steps[variant], params, device)
+            if w.official is not None and variant == f"moram{BANKS[-1]}":
+                twin = official_twin(model, w.official).train()
+                params = [p for p in twin.parameters() if p.requires_grad]
+                steps[official] = train_step(w, twin, params, lambda: None)
+                memory[official] = training_memory(twin, steps[official], params, device)
         # the memory step above was each variant's warm-up step
         result["train"] = interleaved_medians(steps, repeats, device, warmup=0)
         result["train_memory_mib"] = memory
         del steps
     models = {v: inference_model(w, v) for v in INFER_VARIANTS}
+    if w.official is not None:
+        models[official] = official_twin(models[f"moram{BANKS[-1]}"], w.official).eval()
+        with torch.no_grad():  # same weights: same outputs, checked before timing
+            gap = models[official](x_eval) - models[f"moram{BANKS[-1]}"](x_eval)
+        result["official_max_abs_difference"] = float(gap.abs().max())
 
     def infer(m: nn.Module) -> Callable[[], None]:
         def run() -> None:
@@ -352,6 +411,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--render", default=None, help="print a saved JSON report as markdown tables and exit"
     )
     parser.add_argument(
+        "--official-moram",
+        default=None,
+        metavar="DIR",
+        help="a checkout of Artificer-AI-Lab/MoRAM: time its MoRAM_Linear beside ours in the per-layer benchmarks",
+    )
+    parser.add_argument(
         "--profile",
         default=None,
         help="torch.profiler table of one no_grad forward of this inference variant",
@@ -376,6 +441,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.out
         else ROOT / "results" / ("speed_quick.json" if args.quick else "speed.json")
     )
+    official = load_official_moram(args.official_moram) if args.official_moram else None
     report: dict[str, Any] = {"args": vars(args), "conditions_start": machine_conditions(), "models": {}}
     for name in names:
         batch, seq = (QUICK if args.quick else DEFAULTS)[name]
@@ -392,7 +458,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         entry = {"whole_model": result, "layers": {}}
         if not args.no_layers:
             for d_in, d_out, tokens in layer_shapes(w):
-                lw = layer_workload(d_in, d_out, tokens, args.device)
+                lw = layer_workload(d_in, d_out, tokens, args.device, official)
                 lres = bench(lw, repeats * 2, args.device)
                 lres["ratios"] = ratios(lres)
                 lres["ratios_from_min"] = ratios(lres, "min_s")

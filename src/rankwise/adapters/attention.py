@@ -62,8 +62,13 @@ class SplitMultiheadAttention(nn.Module):
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
         elif self.batch_first:  # internal layout is (L, B, E), as in nn.MultiheadAttention
-            # contiguous: a strided input with a frozen weight takes a slow broadcast-bmm path in F.linear
-            query, key, value = (t.transpose(0, 1).contiguous() for t in (query, key, value))
+            # contiguous: a strided input with a frozen weight takes a slow broadcast-bmm path in F.linear;
+            # one copy per distinct tensor (self-attention passes the same one three times)
+            copies: dict[int, torch.Tensor] = {}
+            for t in (query, key, value):
+                if id(t) not in copies:
+                    copies[id(t)] = t.transpose(0, 1).contiguous()
+            query, key, value = (copies[id(t)] for t in (query, key, value))
         tgt_len, bsz, _ = query.shape
         src_len = key.shape[0]
         q = self._heads(self.q_proj(query), bsz)

@@ -55,3 +55,43 @@ def test_unknown_model_is_rejected(speed, capsys):
     with pytest.raises(SystemExit):
         speed.main(["--quick", "--models", "vit_h"])
     assert "vit_h" in capsys.readouterr().err and "clip" in sys.modules["speed"].MODELS
+
+
+STAND_IN = '''
+import torch, torch.nn as nn, torch.nn.functional as F
+
+class MoRAM_Linear(nn.Linear):
+    """A stand-in with the official constructor and attributes: the dense formula of docs/methods.md."""
+    def __init__(self, in_features, out_features, r=0, lora_alpha=1, lora_threshold=1.0, temp=0.01, topk=None, **kw):
+        super().__init__(in_features, out_features)
+        self.lora_A = nn.Parameter(torch.zeros(r, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, r))
+        self.old_lora_A = self.old_lora_B = None
+        self.lora_threshold, self.temp, self.topk = lora_threshold, temp, topk
+
+    def forward(self, x):
+        A = [t for t in (self.old_lora_A, self.lora_A) if t is not None]
+        B = [t for t in (self.old_lora_B, self.lora_B) if t is not None]
+        A, B = torch.cat(A), torch.cat(B, dim=1)
+        p = x @ A.T
+        s = F.normalize(p, dim=-1)
+        top, idx = s.topk(max(self.topk, 2), dim=-1)
+        w = torch.zeros_like(s).scatter(-1, idx, torch.softmax(top / self.temp, dim=-1))
+        if not self.training and self.lora_threshold > 0:
+            w = w * (s >= self.lora_threshold)
+        return F.linear(x, self.weight, self.bias) + (p * w) @ B.T, 0
+'''
+
+
+def test_official_layer_is_timed_beside_ours_with_the_same_weights(speed, tmp_path):
+    """--official-moram loads MoRAM_Linear from a checkout (here a stand-in computing the dense formula),
+    gives it our bank, live atoms and base weight, and checks the outputs agree before timing."""
+    source = tmp_path / "XTAIL" / "loralib" / "moram.py"
+    source.parent.mkdir(parents=True)
+    source.write_text(STAND_IN)
+    official = speed.load_official_moram(str(tmp_path))
+    result = speed.bench(speed.layer_workload(24, 16, 10, "cpu", official), repeats=1, device="cpu")
+    assert result["official_max_abs_difference"] < 1e-5
+    assert "official_moram176" in result["train"] and "official_moram176" in result["inference"]
+    with pytest.raises(SystemExit, match="not found"):
+        speed.load_official_moram(str(tmp_path / "nowhere"))

@@ -394,9 +394,11 @@ def main_jobs(
 
 def summarise(track: Track, records: Path, seeds: list[int], earlier: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every recorded main run of the track (whatever a command's ``--methods`` / ``--orders``): per
-    (order, method) the summaries over seeds, per pair of methods the paired bootstrap. A pair whose
-    runs were recorded without per-item scores keeps its differences from `earlier` (the previous
-    results file's ``main``), when they were computed on the same seeds."""
+    (order, method) the summaries over seeds, per pair of methods the paired bootstrap over their common
+    seeds. Runs recorded without per-item scores (imported from an earlier results file) cannot be
+    paired again: such a pair keeps its differences from `earlier` (the previous results file's
+    ``main``) when they were computed on the same common seeds, and is otherwise paired over the
+    common seeds that have per-item scores (the pair's ``seeds`` says which)."""
     from rankwise.paired import compare_by_seed
     from rankwise.report_compare import mean_interval
 
@@ -418,18 +420,19 @@ def summarise(track: Track, records: Path, seeds: list[int], earlier: dict[str, 
                 summary[metric] = {"mean": float(mean), "ci95": None if np.isnan(half) else float(half), "values": values}
             runs = {str(s): {k: results[s][k] for k in ("matrix", "metrics", "cost")} for s in done}
             per_method[method] = {"seeds": done, "summary": summary, "runs": runs}
-            if all(r["items"] is not None for r in results.values()):
-                items[method] = {s: [np.asarray(a) for a in results[s]["items"]] for s in done}
+            items[method] = {s: [np.asarray(a) for a in results[s]["items"]] for s in done if results[s]["items"] is not None}
         pairs = []
         before = (earlier or {}).get(order, {}).get("paired", [])
         trained = [m for m in per_method if m != "zero-shot"]
         for a, b in itertools.combinations(trained, 2):
-            if a in items and b in items:
-                shared, diffs = compare_by_seed(items[a], items[b])
-                pairs += [{"a": a, "b": b, "seeds": shared, **dataclasses.asdict(diff)} for diff in diffs]
-            else:
-                shared = [s for s in per_method[a]["seeds"] if s in per_method[b]["seeds"]]
-                pairs += [p for p in before if (p["a"], p["b"]) == (a, b) and p["seeds"] == shared]
+            shared = [s for s in per_method[a]["seeds"] if s in per_method[b]["seeds"]]
+            kept = [p for p in before if (p["a"], p["b"]) == (a, b) and p["seeds"] == shared]
+            with_items = [s for s in shared if s in items[a] and s in items[b]]
+            if with_items != shared and kept:  # the earlier report's differences over all the common seeds
+                pairs += kept
+            elif with_items:  # over the common seeds whose per-item scores are recorded (named in "seeds")
+                _, diffs = compare_by_seed({s: items[a][s] for s in with_items}, {s: items[b][s] for s in with_items})
+                pairs += [{"a": a, "b": b, "seeds": with_items, **dataclasses.asdict(diff)} for diff in diffs]
         out[order] = {"methods": per_method, "paired": pairs}
     return out
 

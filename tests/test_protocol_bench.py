@@ -96,6 +96,7 @@ def test_summaries_and_paired_differences_from_the_records(protocol, tmp_path):
 
     # a method recorded without per-item scores (imported from an earlier results file): its pairs come
     # from the earlier report when they were computed on the same seeds, and are never invented
+    seed0 = protocol.load_record(records / "published" / "moram__s0.json.gz")
     for seed in (0, 1, 2):
         path = records / "published" / f"moram__s{seed}.json.gz"
         protocol.write_record(path, {**protocol.load_record(path), "items": None})
@@ -105,6 +106,11 @@ def test_summaries_and_paired_differences_from_the_records(protocol, tmp_path):
     assert protocol.summarise(protocol.TEXT, records, [0, 1, 2])["published"]["paired"] == []
     shifted = {"published": {"paired": [{**p, "seeds": [0, 1]} for p in out["paired"]]}}
     assert protocol.summarise(protocol.TEXT, records, [0, 1, 2], earlier=shifted)["published"]["paired"] == []
+    # one seed re-run with per-item scores: paired over that seed alone, and the pair says so
+    protocol.write_record(records / "published" / "moram__s0.json.gz", seed0)
+    one = protocol.summarise(protocol.TEXT, records, [0, 1, 2])["published"]["paired"]
+    last = next(p for p in one if p["metric"] == "last")
+    assert last["seeds"] == [0] and last["difference"] == pytest.approx(expected_lasts["lora", 0] - expected_lasts["moram", 0])
 
 
 def test_sweep_picks_the_best_validation_last_and_skips_recorded_runs(protocol, tmp_path):

@@ -296,36 +296,36 @@ class MoRAMLinear(AdapterLayer):
     def _pruned_delta(self, p: torch.Tensor, norm: torch.Tensor, k: int, out: torch.Tensor | None) -> torch.Tensor:
         """``out + delta`` (`out` (N, d_out) or None) summing the (token, atom) pairs of non-zero weight only.
 
-        With pruning an atom counts only where its score s >= delta, and the scores of a token are a
-        unit vector, so at most 1 / delta^2 of its k atoms survive (25 for delta = 0.2). The survivors
-        form a sparse (N, R) coefficient matrix; the value rows are read for those pairs only, not for
-        k pairs per token. The dropped terms are exact zeros, so the sum is the top-k sum. On the CPU
-        in float32 / float64 it is one CSR x dense product added into `out` in place (no (N, d_out)
-        temporary: a fresh buffer of that size costs more in page faults than the sum itself);
-        elsewhere one ``embedding_bag`` with a bag of survivors per token."""
-        top_p, index = (p, None) if k == p.shape[-1] else p.topk(k, dim=-1)
+        With pruning an atom counts only where its score s >= delta. A token whose largest score is
+        below delta gets nothing, so the top-k runs only over the tokens with some score >= delta; and
+        since a token's scores are a unit vector, at most 1 / delta^2 of its k atoms survive (25 for
+        delta = 0.2). One ``embedding_bag`` sums the surviving pairs' value rows per token that has any
+        (instead of k rows for every token) and ``index_add_`` adds those rows into `out` in place (no
+        temporary of the whole (N, d_out) output). The dropped terms are exact zeros, so the result
+        equals the top-k formula's."""
+        values = self._values_by_atom()
+        if out is None:
+            out = torch.zeros(p.shape[0], values.shape[1], dtype=values.dtype, device=values.device)
+        full = k == p.shape[-1]
+        # max_j fl(p_j / norm) = fl(max_j p_j / norm) (rounding is monotone): the same test as the mask's
+        tokens = None if full else (p.amax(dim=-1, keepdim=True) / norm >= self.delta_threshold).view(-1).nonzero().squeeze(1)
+        if tokens is not None:
+            p, norm = p[tokens], norm[tokens]
+        top_p, index = (p, None) if full else p.topk(k, dim=-1)
         w = self._weights(top_p, norm)
         if self.track_activations:
-            self._count(w if index is None else torch.zeros_like(p).scatter_(-1, index, w))
+            dense = w if index is None else torch.zeros_like(p).scatter_(-1, index, w)
+            self._count(dense if tokens is None else dense.new_zeros(out.shape[0], p.shape[-1]).index_copy_(0, tokens, dense))
         coef = top_p * w
         survives = coef != 0
-        kept = survives.view(-1).nonzero().squeeze(1)
+        kept = survives.view(-1).nonzero().squeeze(1)  # row-major: grouped by token
         atoms = kept % k if index is None else index.view(-1)[kept]
         counts = survives.sum(dim=-1)
-        ends = counts.cumsum(0)
-        values = self._values_by_atom()
+        rows_with = counts.nonzero().squeeze(1)
+        bag_sizes = counts[rows_with]
         weights = coef.view(-1)[kept].to(values.dtype)  # autocast may leave p in bf16
-        if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64):
-            delta = F.embedding_bag(atoms, values, ends - counts, mode="sum", per_sample_weights=weights)
-            return delta if out is None else out.add_(delta)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            crow = torch.cat([ends.new_zeros(1), ends])
-            coefficients = torch.sparse_csr_tensor(crow, atoms, weights, size=p.shape, check_invariants=False)
-        if out is None or out.dtype != values.dtype:
-            delta = torch.sparse.mm(coefficients, values)
-            return delta if out is None else out.add_(delta)
-        return out.addmm_(coefficients, values)
+        sums = F.embedding_bag(atoms, values, bag_sizes.cumsum(0) - bag_sizes, mode="sum", per_sample_weights=weights)
+        return out.index_add_(0, rows_with if tokens is None else tokens[rows_with], sums.to(out.dtype))
 
     @torch.no_grad()
     def _count(self, w: torch.Tensor) -> None:

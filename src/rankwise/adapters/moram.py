@@ -46,7 +46,7 @@ from rankwise.adapters.base import (
     meta_bool,
     meta_int_list,
 )
-from rankwise.adapters.moram_kernels import _coef_grad, _Keys, _TopKValues  # noqa: F401 (older import path)
+from rankwise.adapters.moram_kernels import _coef_grad, _Keys, _TopKValues  # noqa: F401 (_coef_grad: older import path)
 from rankwise.errors import ConfigError
 
 COMPAT_MODES = ("rankwise", "official_trace")

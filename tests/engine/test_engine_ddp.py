@@ -184,14 +184,18 @@ def test_two_processes_sum_moram_activation_counts_over_ranks(parallel, tmp_path
 
     pairs = list(zip(reports(tmp_path / "ddp"), reports(one.run_dir)))
     assert len(pairs) == 3
+    gaps = []
     for two_layers, one_layers in pairs:
         assert len(two_layers) == len(one_layers) == 12
         for a, b in zip(two_layers, one_layers):
             assert a["layer"] == b["layer"]
             if a["layer"].startswith("input_tower."):  # inputs sharded over the ranks
                 assert a["tokens_seen"] == b["tokens_seen"] > 0  # both shards counted (one alone: half)
-            # nearly the same weights (summation order only): nearly the same routing rates
-            assert a["activation_rate_per_task"] == pytest.approx(b["activation_rate_per_task"], abs=0.02)
+            gaps += [abs(x - y) for x, y in zip(a["activation_rate_per_task"], b["activation_rate_per_task"])]
+    # nearly the same weights (summation order only): nearly the same routing rates. With tau = 0.01 a
+    # near tie can flip a few of a text layer's 144 tokens (1/144 = 0.007 each), so: almost every rate
+    # equal, none off by more than a handful of tokens
+    assert len(gaps) == 72 and sum(gaps) / len(gaps) < 0.005 and max(gaps) < 0.05
 
 
 @pytest.mark.parametrize(

@@ -215,20 +215,12 @@ def make_record(config: dict[str, Any], with_items: bool) -> dict[str, Any]:
 def check_record(record: dict[str, Any], config: dict[str, Any], path: Path) -> None:
     """A record made with another config is never overwritten silently: it is an error naming the keys."""
     if record["config"] != identity(config):
-        old, new = _flatten(record["config"]), _flatten(identity(config))
+        from rankwise.config_types import dotted_items
+
+        old, new = dotted_items(record["config"]), dotted_items(identity(config))
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         raise SystemExit(f"{path}: recorded with another config (differs in {', '.join(changed)}); "
                          "move the record away to run it again with the current settings")  # fmt: skip
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 @dataclass

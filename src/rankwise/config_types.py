@@ -208,3 +208,14 @@ def check_size(data: Any, where: str, limit: int = MAX_CONFIG_VALUES) -> None:
             stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in node.items())
         elif isinstance(node, (list, tuple)):
             stack.extend((v, path) for v in node)
+
+
+def dotted_items(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"train.lr": 0.001, ...}``: the keys `apply_override` takes."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(dotted_items(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

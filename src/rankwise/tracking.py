@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from rankwise import io
+from rankwise.config_types import dotted_items
 from rankwise.errors import ConfigError, choices
 
 #: logger name -> (module that must be importable, pip extra that installs it)
@@ -181,7 +182,7 @@ class MLflowLogger:
             found = self.client.get_experiment_by_name(config["name"])
             experiment = found.experiment_id if found else self.client.create_experiment(config["name"])
             self.run_id = self.client.create_run(experiment, run_name=config["name"]).info.run_id
-            params = [Param(k, str(v)[:6000]) for k, v in _flatten(config).items()]
+            params = [Param(k, str(v)[:6000]) for k, v in dotted_items(config).items()]
             for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
                 self.client.log_batch(self.run_id, params=params[start : start + 100])
             state["mlflow_run_id"] = self.run_id
@@ -196,16 +197,6 @@ class MLflowLogger:
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id, "FINISHED")
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 class Tracker:

@@ -446,14 +446,16 @@ def tables(track: Track, results: dict[str, Any]) -> str:
             cells = " | ".join(fmt(s[m]) if m != "bwt" or method != "zero-shot" else "" for m in METRICS)
             lines.append(f"| {method} | {len(res['seeds'])} | {cells} | {wall:.1f} min |")
         lines += ["", "Paired differences, bootstrap over seeds and test items (95% interval, two-sided p):", "",
-                  "| A − B | Transfer | Average | Last | BWT |", "|---|---|---|---|---|"]  # fmt: skip
+                  "| A − B | seeds | Transfer | Average | Last | BWT |", "|---|---|---|---|---|---|"]  # fmt: skip
         by_pair: dict[tuple[str, str], dict[str, Any]] = {}
+        seeds: dict[tuple[str, str], list[int]] = {}
         fields = {f.name for f in dataclasses.fields(PairedDifference)}
         for p in data["paired"]:
             by_pair.setdefault((p["a"], p["b"]), {})[p["metric"]] = {k: v for k, v in p.items() if k in fields}
+            seeds[p["a"], p["b"]] = p["seeds"]
         for (a, b), per in by_pair.items():
             cells = " | ".join(format_difference(PairedDifference(**per[m])) for m in ("transfer", "average", "last", "bwt"))
-            lines.append(f"| {a} − {b} | {cells} |")
+            lines.append(f"| {a} − {b} | {', '.join(map(str, seeds[a, b]))} | {cells} |")
     return "\n".join(lines)
 
 

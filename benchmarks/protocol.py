@@ -200,15 +200,33 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
         handle.write(data)
 
 
+def code_version() -> dict[str, Any]:
+    """The rankwise version and the repository's commit (``dirty`` when src/ has uncommitted changes)."""
+    import rankwise
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--", "src")
+    return {"rankwise": rankwise.__version__, "commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+
+
 def make_record(config: dict[str, Any], with_items: bool) -> dict[str, Any]:
-    """A finished run's durable record: its config, accuracy matrix, metrics, cost and (for test runs)
-    per-item scores, everything the report needs, so the run directory can go."""
+    """A finished run's durable record: its config, accuracy matrix, metrics, cost, the code each attempt
+    ran (``code``: `code_version` at its start) and (for test runs) per-item scores: everything the
+    report needs, so the run directory can go."""
     from rankwise.paired import load_item_scores
 
     run_dir = Path(config["output"]["dir"])
     result = read_run(run_dir)
     tasks, items = load_item_scores(run_dir) if with_items else (None, None)
-    return {"config": identity(config), **result, "tasks": tasks,
+    code_file = run_dir.parent / f"{run_dir.name}.code.json"
+    code = json.loads(code_file.read_text()) if code_file.exists() else None
+    return {"config": identity(config), **result, "tasks": tasks, "code": code,
             "items": None if items is None else [a.tolist() for a in items]}  # fmt: skip
 
 
@@ -267,6 +285,8 @@ def run_job(config: dict[str, Any], log: Path, heartbeat_s: float = 60.0) -> dic
             raise RuntimeError(f"{run_dir} finished with another config ({config_file}); move it away to run this one")
         return json.loads(cost_file.read_text())
     io.write_text(config_file, yaml.safe_dump(config, sort_keys=False))
+    code_file = run_dir.parent / f"{run_dir.name}.code.json"  # the code of every attempt
+    io.write_json(code_file, [*(json.loads(code_file.read_text()) if code_file.exists() else []), code_version()])
     command = [sys.executable, "-m", "rankwise.cli", "run", str(config_file), "--quiet"]
     partial = run_dir.parent / f"{run_dir.name}.partial_cost.json"
     earlier: dict[str, Any] = json.loads(partial.read_text()) if partial.exists() else {}

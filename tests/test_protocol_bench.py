@@ -170,15 +170,18 @@ def test_run_job_records_cost_while_running_and_adds_an_earlier_attempt(protocol
     partial.write_text(json.dumps({"wall_s": 100.0, "cpu_s": 50.0, "peak_rss_mib": 1.0, "attempts": 1}))
     beats = []
     real_write = protocol.io.write_json
-    monkeypatch.setattr(protocol.io, "write_json", lambda p, v: (beats.append(dict(v)), real_write(p, v)))
+    monkeypatch.setattr(protocol.io, "write_json", lambda p, v: (beats.append(v), real_write(p, v)))
     monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
     cost = protocol.run_job(data, tmp_path / "log.txt", heartbeat_s=0.0)
     assert (run_dir / "cost.json").exists() and not partial.exists()
-    running = [b for b in beats if b.get("running")]
+    running = [b for b in beats if isinstance(b, dict) and b.get("running")]
     assert running, "no heartbeat while the child ran"
     assert all(b["cpu_s"] >= 50.0 and b["attempts"] == 2 for b in running)  # the earlier attempt included
     assert cost["attempts"] == 2 and cost["cpu_s"] > 50.0 and cost["wall_s"] > 100.0 and cost["peak_rss_mib"] > 50
     assert json.loads((run_dir / "cost.json").read_text()) == cost
+    code = json.loads((tmp_path / "runs" / "lora__s0.code.json").read_text())  # one entry per attempt
+    assert len(code) == 1 and set(code[0]) == {"rankwise", "commit", "dirty"}
+    assert protocol.make_record(data, with_items=False)["code"] == code
 
 
 def test_run_job_refuses_a_finished_run_directory_of_another_config(protocol, tmp_path):

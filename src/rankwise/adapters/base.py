@@ -243,10 +243,13 @@ class AdapterLayer(nn.Module):
         # broadcast the weight into a slow batched matmul at inference; one copy here avoids it.
         x = x if x.is_contiguous() else x.contiguous()
         shape = (*x.shape[:-1], self.out_features)
-        x = x.reshape(-1, self.in_features)  # (N, d_in): a view
-        out = self.base_output(x)  # (N, d_out), a fresh tensor, not a view (see below)
+        # (N, d_out), a fresh tensor, not a view (see below). The base and the adapter read x through
+        # views of their own, so their input gradients reach x separately, in the same order (and the
+        # same float sums) as when each took x itself
+        out = self.base_output(x.reshape(-1, self.in_features))
         if not self.has_delta():
             return out.view(shape)
+        x = x.reshape(-1, self.in_features)
         h = self.low_rank_input(x)
         if h is None:
             return (out + self.delta(x).to(out.dtype)).view(shape)

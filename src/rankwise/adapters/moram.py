@@ -243,11 +243,12 @@ class MoRAMLinear(AdapterLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x if x.is_contiguous() else x.contiguous()  # see AdapterLayer.forward; the keys reuse it
         shape = (*x.shape[:-1], self.out_features)
-        x = x.reshape(-1, self.in_features)
-        out = self.base_output(x)  # (N, d_out) and not a view: the in-place adds below stay cheap in backward
+        # (N, d_out) and not a view, so the in-place adds below stay cheap in backward; base and keys
+        # read x through views of their own (see AdapterLayer.forward)
+        out = self.base_output(x.reshape(-1, self.in_features))
         if not self.has_delta():
             return out.view(shape)
-        return self._mix(x, out).view(shape)
+        return self._mix(x.reshape(-1, self.in_features), out).view(shape)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         return self._mix(x, None)

@@ -103,7 +103,7 @@ def test_inference_pruning_really_zeroes_atoms_in_the_fast_path():
     assert (layer(x) - layer.base_layer(x)).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("top_k", [None, 16])  # k < R (top-k, then the survivors) and k = R
+@pytest.mark.parametrize("top_k", [None, 8])  # k = 4 and 8 < R = 16 (k = R keeps the dense product)
 def test_pruned_inference_reads_only_the_surviving_atoms(top_k):
     """At inference with pruning only (token, atom) pairs with a non-zero weight are summed, and tokens
     that keep no atom are skipped: a value row that no token keeps is never read (NaN there would
@@ -203,3 +203,17 @@ def test_fused_low_rank_forward_matches_formula_with_gradients(method, shape):
     for name, p in layer.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.grad, params[name].grad, rtol=1e-12, atol=1e-12)
+
+
+def test_pruned_inference_is_the_top_k_path_to_the_bit():
+    """The pruned path drops exact zeros and adds the same per-token sums: in float32 its output equals
+    the full top-k path's (taken when the input needs a gradient) bit for bit, so runs evaluated before
+    it existed re-run exactly."""
+    layer = make_layer(48, 40, 6, 8, 8, False, dtype=torch.float32)  # R = 48, k = 8
+    layer.delta_threshold = 0.2
+    layer.eval()
+    x = torch.randn(5, 30, 48)
+    with torch.no_grad():
+        pruned = layer(x)
+    full = layer(x.clone().requires_grad_(True)).detach()
+    assert torch.equal(pruned, full) and not torch.equal(pruned, layer.base_layer(x))

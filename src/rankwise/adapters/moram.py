@@ -46,7 +46,7 @@ from rankwise.adapters.base import (
     meta_bool,
     meta_int_list,
 )
-from rankwise.adapters.moram_kernels import _coef_grad, _Keys, _TopKValues  # noqa: F401 (_coef_grad: older import path)
+from rankwise.adapters.moram_kernels import _coef_grad, _TopKValues  # noqa: F401 (older import path)
 from rankwise.errors import ConfigError
 
 COMPAT_MODES = ("rankwise", "official_trace")
@@ -210,15 +210,16 @@ class MoRAMLinear(AdapterLayer):
 
     # -- forward -------------------------------------------------------------------------------
     def _key_responses(self, x: torch.Tensor) -> torch.Tensor:
-        """p = A_all x as (N, R). With a live task one matmul over [bank; live] whose backward computes the
-        weight gradient of the r trainable rows only, not of all R (`_Keys`)."""
+        """p = A_all x as (N, R). With a live task the bank and the new atoms are two matmuls, so the
+        backward computes the weight gradient of the r trainable rows only, not of all R."""
         if self.lora_A is None:
             return F.linear(x, self.bank_A)
+        p_new = F.linear(x, self.lora_A)
         if not self.bank_A.shape[0]:
-            return F.linear(x, self.lora_A)
-        if torch.is_autocast_enabled(x.device.type):  # F.linear casts to the autocast dtype; _Keys does not
-            return torch.cat([F.linear(x, self.bank_A), F.linear(x, self.lora_A)], dim=-1)
-        return _Keys.apply(x, self.bank_A, self.lora_A)
+            return p_new
+        # One matmul over [bank; live] with a custom backward (fewer kernels in training) changes the
+        # float rounding of the input gradient, so published runs would no longer re-run bit for bit
+        return torch.cat([F.linear(x, self.bank_A), p_new], dim=-1)
 
     def _live_values(self) -> torch.Tensor:
         """The live task's values, scaled, as an (r, d_out) view."""
@@ -264,7 +265,7 @@ class MoRAMLinear(AdapterLayer):
             _warn_budget(self.budget, num_atoms)
         norm = torch.linalg.vector_norm(p, dim=-1, keepdim=True).clamp_min(1e-12)
         fuse = out is not None and out.dtype == dtype
-        if self._prunes(p):
+        if k < num_atoms and self._prunes(p):
             if out is not None:
                 return self._pruned_delta(p, norm, k, out)
             delta = self._pruned_delta(p, norm, k, None)
@@ -302,31 +303,29 @@ class MoRAMLinear(AdapterLayer):
         since a token's scores are a unit vector, at most 1 / delta^2 of its k atoms survive (25 for
         delta = 0.2). One ``embedding_bag`` sums the surviving pairs' value rows per token that has any
         (instead of k rows for every token) and ``index_add_`` adds those rows into `out` in place (no
-        temporary of the whole (N, d_out) output). The dropped terms are exact zeros, so the result
-        equals the top-k formula's."""
+        temporary of the whole (N, d_out) output). The dropped terms are exact zeros and the additions
+        are the top-k path's, so the output is the same to the bit. Only for k < R: with k = R (one
+        task) the dense product stays, whose float rounding earlier runs were made with."""
         values = self._values_by_atom()
         if out is None:
             out = torch.zeros(p.shape[0], values.shape[1], dtype=values.dtype, device=values.device)
-        full = k == p.shape[-1]
         # max_j fl(p_j / norm) = fl(max_j p_j / norm) (rounding is monotone): the same test as the mask's
-        tokens = None if full else (p.amax(dim=-1, keepdim=True) / norm >= self.delta_threshold).view(-1).nonzero().squeeze(1)
-        if tokens is not None:
-            p, norm = p[tokens], norm[tokens]
-        top_p, index = (p, None) if full else p.topk(k, dim=-1)
-        w = self._weights(top_p, norm)
-        if self.track_activations:
-            dense = w if index is None else torch.zeros_like(p).scatter_(-1, index, w)
-            self._count(dense if tokens is None else dense.new_zeros(out.shape[0], p.shape[-1]).index_copy_(0, tokens, dense))
+        tokens = (p.amax(dim=-1, keepdim=True) / norm >= self.delta_threshold).view(-1).nonzero().squeeze(1)
+        top_p, index = p[tokens].topk(k, dim=-1)
+        w = self._weights(top_p, norm[tokens])
+        if self.track_activations:  # the (N, R) weights, zero for the skipped tokens
+            picked = torch.zeros(len(tokens), p.shape[-1], dtype=w.dtype, device=w.device).scatter_(-1, index, w)
+            self._count(torch.zeros_like(p, dtype=w.dtype).index_copy_(0, tokens, picked))
         coef = top_p * w
         survives = coef != 0
         kept = survives.view(-1).nonzero().squeeze(1)  # row-major: grouped by token
-        atoms = kept % k if index is None else index.view(-1)[kept]
+        atoms = index.view(-1)[kept]
         counts = survives.sum(dim=-1)
         rows_with = counts.nonzero().squeeze(1)
         bag_sizes = counts[rows_with]
         weights = coef.view(-1)[kept].to(values.dtype)  # autocast may leave p in bf16
         sums = F.embedding_bag(atoms, values, bag_sizes.cumsum(0) - bag_sizes, mode="sum", per_sample_weights=weights)
-        return out.index_add_(0, rows_with if tokens is None else tokens[rows_with], sums.to(out.dtype))
+        return out.index_add_(0, tokens[rows_with], sums.to(out.dtype))
 
     @torch.no_grad()
     def _count(self, w: torch.Tensor) -> None:

@@ -53,26 +53,3 @@ class _TopKValues(torch.autograd.Function):
             grad_live = live.t() @ grad
         return None, grad_coef, None, grad_live
 
-
-class _Keys(torch.autograd.Function):
-    """p = x [bank_A; live_A]^T as one matmul, with a backward that differentiates x (one matmul over all
-    R atoms) and the r live rows only: never the frozen bank.
-
-    Two separate matmuls (bank, live) plus a concatenation cost, per training step, a thin (N, r) x
-    (r, d_in) matmul for the input gradient that runs at a fraction of the BLAS rate, one more
-    (N, d_in) gradient sum and a copy of p.
-    """
-
-    @staticmethod
-    def forward(ctx, x, bank_A, live_A):  # type: ignore[override]
-        keys = torch.cat([bank_A, live_A])
-        ctx.save_for_backward(x, keys)
-        ctx.bank = bank_A.shape[0]
-        return x @ keys.t()
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        x, keys = ctx.saved_tensors
-        grad_x = grad @ keys if ctx.needs_input_grad[0] else None
-        grad_live = grad[:, ctx.bank :].t() @ x if ctx.needs_input_grad[2] else None
-        return grad_x, None, grad_live

@@ -52,4 +52,3 @@ class _TopKValues(torch.autograd.Function):
             live = dense.scatter_(1, index, coef)[:, ctx.bank :]
             grad_live = live.t() @ grad
         return None, grad_coef, None, grad_live
-

@@ -81,6 +81,11 @@ class Backbone(Protocol):
     def targets(self, batch: Any) -> list[Any]:
         """Gold answers of a batch (label ids in the evaluation label space, or answer strings)."""
 
+    # Optional: ``eval_length(example, task) -> int``, the padded length an example's evaluation input
+    # costs; when a backbone has it, each test set is evaluated in batches of similar length (sorted,
+    # scores returned in the test set's order), so short inputs are not padded to a long neighbour's
+    # width (the causal LM's generation). Backbones whose outputs must not depend on the batch
+    # composition to the last bit (the protocol's recorded runs) leave it out.
     # Optional: ``evaluation() -> context manager`` around one evaluation pass of a task, during which
     # the model does not change (the CLIP and sentence-encoder backbones hash their text tower once
     # there for the prompt-feature cache). The engine calls it when a backbone has it.

@@ -343,3 +343,35 @@ def test_trace_format_config_errors(tiny_dir):
         CausalLMConfig(top_p=0.0)
     with pytest.raises(ConfigError, match="backbone.temperature"):
         CausalLMConfig(temperature=0)
+
+
+def test_evaluation_batches_prompts_of_similar_length_and_scores_in_test_order(tiny_dir, monkeypatch):
+    """evaluate_task batches by `eval_length` (shortest prompts first) and still returns every score
+    at its test item's place: item scores equal those of each item generated alone."""
+    from rankwise.engine.evaluate import evaluate_task
+
+    bb = build_backbone(CausalLMConfig(path=str(tiny_dir), max_length=64), "cpu")
+    t = task(new=7)
+    lengths = [len(bb.encode(ex, 7, "t")[0]) for ex in EXAMPLES]
+    assert [bb.eval_length(ex, t) for ex in EXAMPLES] == lengths
+    assert lengths != sorted(lengths)  # the test set is not already in length order
+    widths: list[int] = []
+    collate = bb.collate
+
+    def spy(examples, task_, train):
+        batch = collate(examples, task_, train)
+        widths.append(batch.input_ids.shape[1])
+        return batch
+
+    alone = [bb.predict(collate([ex], t, False), t)[0] for ex in EXAMPLES]
+    # answers: the item's own greedy output for items 0 and 3, something else for 1 and 2, so a score
+    # put at another item's place shows
+    test = [G(ex.prompt, out if i in (0, 3) else out + " x") for i, (ex, out) in enumerate(zip(EXAMPLES, alone, strict=True))]
+    t = Task("t", test, test, metric="exact_match", max_new_tokens=7)
+    monkeypatch.setattr(bb, "collate", spy)
+    items: dict = {}
+    score = evaluate_task(bb, t, batch_size=2, items=items)
+    ranked = sorted(lengths)
+    assert widths == [ranked[1], ranked[3]]  # each batch as wide as its own longest prompt
+    assert items["t"] == [100.0, 0.0, 0.0, 100.0]
+    assert score == pytest.approx(50.0)

@@ -176,6 +176,11 @@ class CausalLMBackbone:
             )
 
     # ------------------------------------------------------------------ Backbone protocol
+    def eval_length(self, example: GenerationExample, task: Task) -> int:
+        """Prompt tokens of an evaluation input: the engine batches a test set by it, so a batch's
+        left padding (and the prefill over it) is what its longest prompt needs, not the test set's."""
+        return len(self.encode(example, task.max_new_tokens, task.name)[0])
+
     def collate(self, examples: Sequence[GenerationExample], task: Task, train: bool) -> LMBatch:
         if not examples:
             raise DataError(f"task {task.name!r}: empty batch")

@@ -47,6 +47,15 @@ def _evaluation(backbone: Any) -> AbstractContextManager[Any]:
     return scope() if scope is not None else nullcontext()
 
 
+def _length_order(backbone: Any, examples: Sequence[Any], task: Task) -> list[int]:
+    """Indices of `examples` in the order they are batched: by ``backbone.eval_length`` (shortest
+    first, ties in test-set order) when the backbone has it, else the test set's own order."""
+    length = getattr(backbone, "eval_length", None)
+    if length is None:
+        return list(range(len(examples)))
+    return sorted(range(len(examples)), key=lambda i: length(examples[i], task))
+
+
 @torch.no_grad()
 def evaluate_task(
     backbone: Any, task: Task, batch_size: int, dist: DistContext = SINGLE, items: dict[str, Any] | None = None
@@ -60,13 +69,16 @@ def evaluate_task(
     """
     backbone.model.eval()
     examples = shard(task.test, dist)
-    predictions: list[Any] = []
-    targets: list[Any] = []
+    order = _length_order(backbone, examples, task)
+    predictions: list[Any] = [None] * len(examples)
+    targets: list[Any] = [None] * len(examples)
     with _evaluation(backbone):
         for start in range(0, len(examples), batch_size):
-            batch = backbone.collate(examples[start : start + batch_size], task, False)
-            predictions.extend(backbone.predict(batch, task))
-            targets.extend(backbone.targets(batch))
+            index = order[start : start + batch_size]
+            batch = backbone.collate([examples[i] for i in index], task, False)
+            answers = zip(index, backbone.predict(batch, task), backbone.targets(batch), strict=True)
+            for i, prediction, target in answers:
+                predictions[i], targets[i] = prediction, target
     if dist.enabled:
         parts = gather_objects((predictions, targets), dist)
         predictions = [p for preds, _ in parts for p in preds]

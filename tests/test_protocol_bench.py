@@ -155,6 +155,18 @@ def test_report_covers_every_recorded_method_and_order(protocol, tmp_path, capsy
     assert "**published order**" in capsys.readouterr().out
 
 
+def test_results_files_and_a_file_that_is_not_the_protocols(protocol, tmp_path):
+    """The protocol writes text_mtil.json / llm_cl.json (the quick tables are *_quick.json) and never
+    merges its results into a file some other script wrote."""
+    assert protocol.TEXT.out == "benchmarks/results/text_mtil.json"
+    assert protocol.LLM.out == "benchmarks/results/llm_cl.json"
+    quick = tmp_path / "text_mtil.json"
+    quick.write_text(json.dumps({"benchmark": "text-mtil", "results": {}}))
+    with pytest.raises(SystemExit, match="not a protocol results file"):
+        protocol.main(["--stage", "report", "--out", str(quick)])
+    assert json.loads(quick.read_text()) == {"benchmark": "text-mtil", "results": {}}  # untouched
+
+
 def test_run_job_records_cost_while_running_and_adds_an_earlier_attempt(protocol, tmp_path, monkeypatch):
     """A real (toy) run through run_job: heartbeat records are written while the child runs (so a killed
     driver keeps them), the next attempt adds them, and a finished run's cost.json replaces them."""

@@ -451,7 +451,8 @@ def summarise(track: Track, records: Path, seeds: list[int], earlier: dict[str, 
             elif with_items:  # over the common seeds whose per-item scores are recorded (named in "seeds")
                 _, diffs = compare_by_seed({s: items[a][s] for s in with_items}, {s: items[b][s] for s in with_items})
                 pairs += [{"a": a, "b": b, "seeds": with_items, **dataclasses.asdict(diff)} for diff in diffs]
-        out[order] = {"methods": per_method, "paired": pairs}
+        if per_method:  # an order with no recorded run is left out, not reported as an empty table
+            out[order] = {"methods": per_method, "paired": pairs}
     return out
 
 

@@ -437,7 +437,8 @@ def summarise(track: Track, records: Path, seeds: list[int], earlier: dict[str, 
                 mean, half = mean_interval(values)
                 summary[metric] = {"mean": float(mean), "ci95": None if np.isnan(half) else float(half), "values": values}
             runs = {str(s): {k: results[s][k] for k in ("matrix", "metrics", "cost")} for s in done}
-            per_method[method] = {"seeds": done, "summary": summary, "runs": runs}
+            code = {str(s): code_label(results[s]) for s in done}
+            per_method[method] = {"seeds": done, "summary": summary, "runs": runs, "code": code}
             items[method] = {s: [np.asarray(a) for a in results[s]["items"]] for s in done if results[s]["items"] is not None}
         pairs = []
         before = (earlier or {}).get(order, {}).get("paired", [])
@@ -456,6 +457,15 @@ def summarise(track: Track, records: Path, seeds: list[int], earlier: dict[str, 
     return out
 
 
+def code_label(record: dict[str, Any]) -> str:
+    """The code a recorded run ran: its attempts' commits (12 hex digits, ``+dirty`` when src/ had
+    uncommitted changes), or ``imported`` for a run recorded before code versions were kept."""
+    if not record.get("code"):
+        return "imported"
+    labels = [f"{(c.get('commit') or 'unknown')[:12]}{'+dirty' if c.get('dirty') else ''}" for c in record["code"]]
+    return ",".join(dict.fromkeys(labels))
+
+
 def fmt(summary: dict[str, Any]) -> str:
     half = summary["ci95"]
     return f"{summary['mean']:.1f}" + ("" if half is None else f" ± {half:.1f}")
@@ -472,6 +482,11 @@ def tables(track: Track, results: dict[str, Any]) -> str:
             wall = np.mean([r["cost"]["wall_s"] for r in res["runs"].values()]) / 60
             cells = " | ".join(fmt(s[m]) if m != "bwt" or method != "zero-shot" else "" for m in METRICS)
             lines.append(f"| {method} | {len(res['seeds'])} | {cells} | {wall:.1f} min |")
+        codes = {c for res in data["methods"].values() for c in res.get("code", {}).values()}
+        if len(codes) > 1:  # say which runs came from which code: a mixed table is read with that in mind
+            lines += ["", "Runs of more than one code version (commit per seed):", ""]
+            for method, res in data["methods"].items():
+                lines.append(f"- {method}: " + "; ".join(f"s{s} {c}" for s, c in res.get("code", {}).items()))
         lines += ["", "Paired differences, bootstrap over seeds and test items (95% interval, two-sided p):", "",
                   "| A − B | seeds | Transfer | Average | Last | BWT |", "|---|---|---|---|---|---|"]  # fmt: skip
         by_pair: dict[tuple[str, str], dict[str, Any]] = {}

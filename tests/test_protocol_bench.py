@@ -113,7 +113,7 @@ def test_summaries_and_paired_differences_from_the_records(protocol, tmp_path):
     assert last["seeds"] == [0] and last["difference"] == pytest.approx(expected_lasts["lora", 0] - expected_lasts["moram", 0])
 
 
-def test_sweep_picks_the_best_validation_last_and_skips_recorded_runs(protocol, tmp_path):
+def test_sweep_picks_the_best_validation_last_and_skips_recorded_runs(protocol, tmp_path, monkeypatch):
     track = protocol.TEXT
     records = tmp_path / "rec"
     for setting in protocol.sweep_settings(track, "lora"):
@@ -127,6 +127,20 @@ def test_sweep_picks_the_best_validation_last_and_skips_recorded_runs(protocol, 
     assert not (tmp_path / "runs" / "sweep").exists()
     assert result["lora"]["chosen"] == {"train.lr": 2.0e-3}
     assert result["lora"]["criterion"] == "validation Last" and len(result["lora"]["grid"]) == 3
+
+    assert protocol.sweep_covers(result["lora"], track, "lora")
+    assert not protocol.sweep_covers(None, track, "lora")
+
+    # a grid extended after its sweep: the main stage refuses the old choice until the sweep is rerun
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps({"protocol": {}, "sweep": result}))
+    wider = copy.deepcopy(track)
+    wider.sweep["lora"] = {"train.lr": [5.0e-4, *track.sweep["lora"]["train.lr"]]}
+    assert not protocol.sweep_covers(result["lora"], wider, "lora")
+    monkeypatch.setitem(protocol.TRACKS, "text", wider)
+    with pytest.raises(SystemExit, match=r"sweep of \['lora'\] does not cover"):
+        protocol.main(["--stage", "main", "--methods", "lora", "--out", str(out), "--runs", str(tmp_path / "runs")])
+    assert not (tmp_path / "runs" / "published").exists()  # nothing ran
 
     # a record made with another config is an error naming what differs, never silently replaced
     changed = copy.deepcopy(track)

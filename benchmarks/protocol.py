@@ -146,11 +146,11 @@ eval: {batch_size: 50, item_scores: true}
     },
     sweep={
         # A grid whose best setting was its top learning rate was extended upwards by one point until
-        # the best was inside: LoRA's 2e-3, MoRAM's 2e-3 (1e-3 had won at tau 0.03), then MoRAM's
-        # 5e-3 (2e-3 had won at tau 0.1); docs/protocol.md
+        # the best was inside: LoRA's 2e-3, MoRAM's 2e-3 (1e-3 had won at tau 0.03), MoRAM's 5e-3
+        # (2e-3 had won at tau 0.1), then MoRAM's 1e-2 (5e-3 won at tau 0.1); docs/protocol.md
         "lora": {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3, 2.0e-3]},
         "codyra": {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3]},
-        "moram": {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3, 2.0e-3, 5.0e-3], "method.tau": [0.03, 0.1]},
+        "moram": {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3, 2.0e-3, 5.0e-3, 1.0e-2], "method.tau": [0.03, 0.1]},
     },
     out="benchmarks/results/llm_cl.json",
 )

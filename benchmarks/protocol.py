@@ -19,7 +19,8 @@ Protocol (docs/protocol.md):
 4. Statistics. Per (order, method): mean and 95% Student-t interval over seeds of Transfer /
    Average / Last / BWT and of the plasticity (mean diagonal minus the zero-shot accuracy of the same
    tasks); per pair of methods: the paired bootstrap of each metric's difference over seeds and test
-   items (`rankwise.paired`).
+   items (`rankwise.paired`), with Holm's adjustment over the pairs of a stream (one family per
+   metric): a difference is called significant when its adjusted p is below 0.05.
 5. Cost. Each run is a child process with one torch thread; its wall time, CPU time and peak resident
    memory (``wait4``) go to ``cost.json`` in its run directory (a heartbeat record while it runs, so a
    killed driver loses at most a minute of it). ``--workers N`` runs N at once.
@@ -54,7 +55,7 @@ import numpy as np
 import yaml
 
 from rankwise import io
-from rankwise.paired import PairedDifference, format_difference
+from rankwise.paired import PairedDifference, format_difference, holm
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("transfer", "average", "last", "bwt", "plasticity")
@@ -464,9 +465,45 @@ def summarise(track: Track, records: Path, seeds: list[int], earlier: dict[str, 
             elif with_items:  # over the common seeds whose per-item scores are recorded (named in "seeds")
                 _, diffs = compare_by_seed({s: items[a][s] for s in with_items}, {s: items[b][s] for s in with_items})
                 pairs += [{"a": a, "b": b, "seeds": with_items, **dataclasses.asdict(diff)} for diff in diffs]
+        add_holm(pairs)
         if per_method:  # an order with no recorded run is left out, not reported as an empty table
             out[order] = {"methods": per_method, "paired": pairs}
     return out
+
+
+#: the family-wise error rate of the "significant" statements of a stream
+ALPHA = 0.05
+
+
+def add_holm(pairs: list[dict[str, Any]]) -> None:
+    """Adds ``p_holm`` to every paired difference of one stream: Holm's adjustment over the family of
+    all method pairs of that stream, one family per metric. A bootstrap p of 0 (no draw on the far side
+    of zero) enters as the test's resolution 2 / n_boot, so the adjusted value is an upper bound."""
+    for metric in {p["metric"] for p in pairs}:
+        family = [p for p in pairs if p["metric"] == metric]
+        raw = [p["p_value"] if p["p_value"] > 0 else 2 / p["n_boot"] for p in family]
+        for p, adjusted in zip(family, holm(raw)):
+            p["p_holm"] = adjusted
+
+
+def significant(data: dict[str, Any]) -> list[str]:
+    """The paired differences of one stream whose Holm-adjusted p is below `ALPHA`, one line per metric:
+    ``Last: codyra > lora +18.4 [+16.9, +19.9]`` (the better method first; for BWT, less forgetting)."""
+    lines = []
+    for metric in ("transfer", "average", "last", "bwt"):
+        found = []
+        for p in data["paired"]:
+            if p["metric"] != metric or p.get("p_holm", 1.0) >= ALPHA:
+                continue
+            a, b, d, low, high = p["a"], p["b"], p["difference"], p["low"], p["high"]
+            if d < 0:
+                a, b, d, low, high = b, a, -d, -high, -low
+            # one seed: its interval holds the test items' noise only, not the seeds'
+            alone = f" (seed {p['seeds'][0]} only)" if len(p["seeds"]) == 1 else ""
+            found.append(f"{a} > {b} {d:+.2f} [{low:+.2f}, {high:+.2f}]{alone}")
+        name = "BWT" if metric == "bwt" else metric.capitalize()
+        lines.append(f"- {name}: " + ("; ".join(found) if found else "no difference"))
+    return lines
 
 
 def code_label(record: dict[str, Any]) -> str:
@@ -481,6 +518,13 @@ def code_label(record: dict[str, Any]) -> str:
 def fmt(summary: dict[str, Any]) -> str:
     half = summary["ci95"]
     return f"{summary['mean']:.1f}" + ("" if half is None else f" ± {half:.1f}")
+
+
+def diff_cell(pair: dict[str, Any]) -> str:
+    """One paired difference, bold when it is significant after Holm's adjustment (`add_holm`)."""
+    fields = {f.name for f in dataclasses.fields(PairedDifference)}
+    text = format_difference(PairedDifference(**{k: v for k, v in pair.items() if k in fields}))
+    return f"**{text}**" if pair.get("p_holm", 1.0) < ALPHA else text
 
 
 def tables(track: Track, results: dict[str, Any]) -> str:
@@ -504,13 +548,16 @@ def tables(track: Track, results: dict[str, Any]) -> str:
                   "| A − B | seeds | Transfer | Average | Last | BWT |", "|---|---|---|---|---|---|"]  # fmt: skip
         by_pair: dict[tuple[str, str], dict[str, Any]] = {}
         seeds: dict[tuple[str, str], list[int]] = {}
-        fields = {f.name for f in dataclasses.fields(PairedDifference)}
         for p in data["paired"]:
-            by_pair.setdefault((p["a"], p["b"]), {})[p["metric"]] = {k: v for k, v in p.items() if k in fields}
+            by_pair.setdefault((p["a"], p["b"]), {})[p["metric"]] = p
             seeds[p["a"], p["b"]] = p["seeds"]
         for (a, b), per in by_pair.items():
-            cells = " | ".join(format_difference(PairedDifference(**per[m])) for m in ("transfer", "average", "last", "bwt"))
+            cells = " | ".join(diff_cell(per[m]) if m in per else "" for m in ("transfer", "average", "last", "bwt"))
             lines.append(f"| {a} − {b} | {', '.join(map(str, seeds[a, b]))} | {cells} |")
+        if data["paired"]:
+            n_pairs = len(by_pair)
+            lines += ["", f"Significant after Holm's adjustment (bold above; family: the {n_pairs} pairs of this "
+                      f"stream, per metric; family-wise error {ALPHA}):", "", *significant(data)]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ from rankwise.config import load_config
 from rankwise.engine.continual import run_experiment
 from rankwise.errors import ConfigError, DataError
 from rankwise.metrics import summarize
-from rankwise.paired import format_difference, linear_coefficients, load_item_scores, paired_bootstrap
+from rankwise.paired import format_difference, holm, linear_coefficients, load_item_scores, paired_bootstrap
 
 
 def test_linear_coefficients_by_hand_for_three_tasks():
@@ -94,6 +94,25 @@ def test_mismatched_runs_are_refused():
         paired_bootstrap(a, b, "last")
     with pytest.raises(ConfigError, match="same number"):
         paired_bootstrap(a, a + a, "last")
+
+
+def test_holm_adjustment_by_hand():
+    # sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> raised to 0.06 (monotone)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == []
+    with pytest.raises(ConfigError, match="p_values"):
+        holm([0.1, 1.5])
+
+
+def test_holm_keeps_the_family_wise_error_rate():
+    """20 true null hypotheses a family: raw p < 0.05 somewhere in most families, Holm-adjusted in
+    about 5% of them (1 - (1 - 0.05 / 20)^20 = 4.9% for independent tests)."""
+    rng = np.random.default_rng(4)
+    families = rng.random((2000, 20))
+    any_raw = np.mean([(f < 0.05).any() for f in families])
+    any_holm = np.mean([min(holm(f)) < 0.05 for f in families])
+    assert any_raw > 0.5 and any_holm < 0.065
 
 
 @pytest.mark.parametrize("preset", ["toy_lora", "toy_zero_shot"])

@@ -149,6 +149,33 @@ def test_sweep_picks_the_best_validation_last_and_skips_recorded_runs(protocol, 
         protocol.sweep_stage(changed, tmp_path / "runs", records, ["lora"], workers=1)
 
 
+def test_holm_adjusted_significance_in_the_report(protocol):
+    """Per stream and metric the pairs form one family: p-values are Holm-adjusted (a bootstrap p of 0
+    enters as its resolution 2 / n_boot), the significant cells are bold and listed with the better
+    method first, and a pair over one seed says so."""
+
+    def pair(a, b, metric, d, p, seeds=(0, 1, 2)):
+        return {"a": a, "b": b, "metric": metric, "difference": d, "low": d - 1, "high": d + 1, "p_value": p,
+                "n_seeds": len(seeds), "n_boot": 4000, "seeds": list(seeds)}  # fmt: skip
+
+    pairs = [pair("lora", "codyra", "last", -5.0, 0.0), pair("lora", "moram", "last", -2.0, 0.02),
+             pair("codyra", "moram", "last", 3.0, 0.03, seeds=(0,)), pair("lora", "codyra", "bwt", 1.0, 0.04)]  # fmt: skip
+    protocol.add_holm(pairs)
+    # last: sorted 0.0005 x 3 = 0.0015, 0.02 x 2 = 0.04, 0.03 x 1 = 0.03 -> 0.04 (monotone); bwt alone: 0.04
+    assert [p["p_holm"] for p in pairs] == pytest.approx([0.0015, 0.04, 0.04, 0.04])
+    pairs.append(pair("lora", "moram", "bwt", 2.0, 0.03))
+    protocol.add_holm(pairs)
+    assert [p["p_holm"] for p in pairs[3:]] == pytest.approx([0.06, 0.06])  # 0.03 x 2, then max(0.04, 0.06)
+    data = {"methods": {}, "paired": pairs}
+    lines = protocol.significant(data)
+    assert lines[2] == ("- Last: codyra > lora +5.00 [+4.00, +6.00]; moram > lora +2.00 [+1.00, +3.00]; "
+                        "codyra > moram +3.00 [+2.00, +4.00] (seed 0 only)")  # fmt: skip
+    assert lines[3] == "- BWT: no difference" and lines[0] == "- Transfer: no difference"
+    table = protocol.tables(protocol.TEXT, {"main": {"published": data}})
+    assert "**-5.00 [-6.00, -4.00] p<0.0005**" in table and "| +1.00 [+0.00, +2.00] p=0.040 |" in table
+    assert "family: the 3 pairs of this stream" in table
+
+
 def test_report_covers_every_recorded_method_and_order(protocol, tmp_path, capsys):
     """`--stage report --methods lora --orders second` still reports every recorded run: a command run
     for part of the protocol never drops the other parts from the results file."""

@@ -122,6 +122,27 @@ def paired_bootstrap(
     return PairedDifference(metric, float(observed_per_seed.mean()), float(low), float(high), p, n_seeds, n_boot)
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order as given).
+
+    Sorted ascending, the i-th smallest (i = 0, 1, ...) of m is multiplied by m - i, the running maximum
+    keeps the adjusted values in the order of the raw ones, and they are capped at 1. Rejecting where
+    the adjusted value is below alpha keeps the family-wise error rate at alpha under any dependence
+    between the tests (Holm 1979), which the comparisons of one stream have: they share runs.
+    """
+    values = [float(p) for p in p_values]
+    for p in values:
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError("p_values", p, "p-values in [0, 1]")
+    m = len(values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(sorted(range(m), key=values.__getitem__)):
+        running = max(running, min(1.0, (m - rank) * values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
 def compare_by_seed(
     a: dict[object, RunItems], b: dict[object, RunItems], n_boot: int = 4000
 ) -> tuple[list[object], list[PairedDifference]]:

@@ -210,16 +210,18 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
         handle.write(data)
 
 
+def git(*args: str) -> str | None:
+    """A git command's stdout in this repository, or None (no git, not a clone, unknown commit)."""
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def code_version() -> dict[str, Any]:
     """The rankwise version and the repository's commit (``dirty`` when src/ has uncommitted changes)."""
     import rankwise
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
 
     status = git("status", "--porcelain", "--", "src")
     return {"rankwise": rankwise.__version__, "commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
@@ -451,7 +453,8 @@ def summarise(track: Track, records: Path, seeds: list[int], earlier: dict[str, 
                 summary[metric] = {"mean": float(mean), "ci95": None if np.isnan(half) else float(half), "values": values}
             runs = {str(s): {k: results[s][k] for k in ("matrix", "metrics", "cost")} for s in done}
             code = {str(s): code_label(results[s]) for s in done}
-            per_method[method] = {"seeds": done, "summary": summary, "runs": runs, "code": code}
+            commits = sorted({c.get("commit") or "unknown" for s in done for c in results[s].get("code") or []})
+            per_method[method] = {"seeds": done, "summary": summary, "runs": runs, "code": code, "commits": commits}
             items[method] = {s: [np.asarray(a) for a in results[s]["items"]] for s in done if results[s]["items"] is not None}
         pairs = []
         before = (earlier or {}).get(order, {}).get("paired", [])
@@ -506,6 +509,28 @@ def significant(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def src_changes(commits: list[str]) -> list[str]:
+    """What separates the commits of a mixed table: one line per consecutive pair (in commit-time
+    order) naming the files under src/ that differ between them, so a reader sees whether the code
+    that trains and scores changed or only, say, the report's. Commits this clone does not have are
+    named as such."""
+    known, unknown = [], []
+    for commit in dict.fromkeys(commits):
+        when = git("show", "-s", "--format=%ct", commit) if commit != "unknown" else None
+        (known if when else unknown).append((int(when) if when else 0, commit))
+    known.sort()
+    lines = []
+    for (_, a), (_, b) in itertools.pairwise(known):
+        files = git("diff", "--name-only", a, b, "--", "src")
+        if files is None:
+            lines.append(f"- {a[:12]} -> {b[:12]}: could not be compared (git diff failed)")
+        else:
+            changed = ", ".join(f.removeprefix("src/") for f in files.splitlines())
+            lines.append(f"- {a[:12]} -> {b[:12]}: " + (f"src/ differs in {changed}" if changed else "src/ identical"))
+    lines += [f"- {c[:12]}: not in this clone's history" for _, c in unknown]
+    return lines
+
+
 def code_label(record: dict[str, Any]) -> str:
     """The code a recorded run ran: its attempts' commits (12 hex digits, ``+dirty`` when src/ had
     uncommitted changes), or ``imported`` for a run recorded before code versions were kept."""
@@ -544,6 +569,9 @@ def tables(track: Track, results: dict[str, Any]) -> str:
             lines += ["", "Runs of more than one code version (commit per seed):", ""]
             for method, res in data["methods"].items():
                 lines.append(f"- {method}: " + "; ".join(f"s{s} {c}" for s, c in res.get("code", {}).items()))
+            commits = [c for res in data["methods"].values() for c in res.get("commits", [])]
+            if len(set(commits)) > 1:
+                lines += ["", "What the code of those commits differs in:", "", *src_changes(commits)]
         lines += ["", "Paired differences, bootstrap over seeds and test items (95% interval, two-sided p):", "",
                   "| A − B | seeds | Transfer | Average | Last | BWT |", "|---|---|---|---|---|---|"]  # fmt: skip
         by_pair: dict[tuple[str, str], dict[str, Any]] = {}

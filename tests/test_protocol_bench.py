@@ -213,6 +213,36 @@ def test_report_covers_every_recorded_method_and_order(protocol, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "- lora: s0 imported; s1 0123456789ab,fedcba987654+dirty; s2 imported" in printed
     assert printed.count("more than one code version") == 1  # the second order's runs share one
+    assert "- 0123456789ab: not in this clone's history" in printed
+
+
+def test_src_changes_between_the_commits_of_a_mixed_table(protocol, tmp_path, monkeypatch):
+    """A table mixing code versions says, per consecutive pair of its commits, which files under src/
+    differ (a change of docs or benchmarks only reads "src/ identical")."""
+    import os
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+
+    def commit(path: str, text: str, when: int) -> str:
+        (repo / path).write_text(text)
+        env = {**os.environ, "GIT_AUTHOR_DATE": f"{when} +0000", "GIT_COMMITTER_DATE": f"{when} +0000", "HOME": str(tmp_path),
+               "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+        for args in (["add", "-A"], ["commit", "-qm", path]):
+            subprocess.run(["git", "-C", str(repo), *args], check=True, env=env)
+        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              env=env).stdout.strip()  # fmt: skip
+
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    first = commit("src/a.py", "x = 1\n", 1_700_000_000)
+    second = commit("README", "docs\n", 1_700_000_100)
+    third = commit("src/b.py", "y = 2\n", 1_700_000_200)
+    monkeypatch.setattr(protocol, "ROOT", repo)
+    lines = protocol.src_changes([third, first, "f" * 40, second, first])
+    assert lines == [f"- {first[:12]} -> {second[:12]}: src/ identical",
+                     f"- {second[:12]} -> {third[:12]}: src/ differs in b.py",
+                     f"- {'f' * 12}: not in this clone's history"]  # fmt: skip
 
 
 def test_results_files_and_a_file_that_is_not_the_protocols(protocol, tmp_path):

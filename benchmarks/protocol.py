@@ -70,6 +70,9 @@ class Track:
     methods: dict[str, dict[str, Any]]
     sweep: dict[str, dict[str, list[Any]]]  # method -> {dotted config key: values}
     out: str
+    # method -> {dotted config key: values}, each tried alone around the grid's best setting (one
+    # factor at a time: a key whose cross product with the grid would cost too much)
+    refine: dict[str, dict[str, list[Any]]] = dataclasses.field(default_factory=dict)
 
     @property
     def sweep_tasks(self) -> list[str]:
@@ -126,6 +129,9 @@ eval: {{batch_size: 100, item_scores: true}}
         "full": {"train.lr": [1.0e-5, 3.0e-5, 1.0e-4]},
     },
     out="benchmarks/results/text_mtil.json",
+    # MoRAM's activation budget (default r = 16): half and double around the grid's best lr / tau; with
+    # the sweep's two tasks the bank holds 32 atoms at the second one, so 32 routes every atom
+    refine={"moram": {"method.top_k": [8, 32]}},
 )
 LLM = Track(
     base=yaml.safe_load(
@@ -154,6 +160,10 @@ eval: {batch_size: 50, item_scores: true}
         "moram": {"train.lr": [2.0e-4, 5.0e-4, 1.0e-3, 2.0e-3, 5.0e-3, 1.0e-2], "method.tau": [0.03, 0.1]},
     },
     out="benchmarks/results/llm_cl.json",
+    # around each grid's best: MoRAM's activation budget (default r = 8; 16 = every atom of the sweep's
+    # second task) and CoDyRA's k_max (the preset's 0.005 is the paper's; 0.045 the text track's
+    # second value: the paper's total gate shrinkage over these runs' 25 proximal steps)
+    refine={"moram": {"method.top_k": [4, 16]}, "codyra": {"method.k_max": [0.045]}},
 )
 TRACKS = {"text": TEXT, "llm": LLM}
 
@@ -162,6 +172,13 @@ def sweep_settings(track: Track, method: str) -> list[dict[str, Any]]:
     grid = track.sweep.get(method, {})
     keys = sorted(grid)
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def refine_settings(track: Track, method: str, best: dict[str, Any]) -> list[dict[str, Any]]:
+    """The refinement of `method` around its grid's best setting: each key of ``track.refine`` moved
+    alone to each of its values."""
+    keys = track.refine.get(method, {})
+    return [{**best, key: value} for key in sorted(keys) for value in keys[key]]
 
 
 def label(setting: dict[str, Any]) -> str:
@@ -379,35 +396,61 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return {"matrix": matrix.tolist(), "metrics": metrics, "cost": json.loads((run_dir / "cost.json").read_text())}
 
 
-def sweep_stage(track: Track, runs: Path, records: Path, methods: list[str], workers: int) -> dict[str, Any]:
-    """Run every method's grid on the first two tasks' validation splits; the best setting per method."""
-    grid: dict[str, list[tuple[dict[str, Any], Job]]] = {}
-    for method in methods:
-        for setting in sweep_settings(track, method):
+def _sweep_rows(
+    track: Track, runs: Path, records: Path, settings: dict[str, list[dict[str, Any]]], workers: int, stage: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Run the given settings of each method on the first two tasks' validation splits; their rows."""
+    jobs: dict[str, list[tuple[dict[str, Any], Job]]] = {}
+    for method, method_settings in settings.items():
+        for setting in method_settings:
             name = f"{method}__{label(setting)}"
             config = make_config(track, method, setting, track.sweep_tasks, 0, "validation", runs / "sweep" / name)
-            grid.setdefault(method, []).append((setting, Job(config, records / "sweep" / f"{name}.json.gz", with_items=False)))
-    failures = run_all([job for jobs in grid.values() for _, job in jobs], workers, runs / "logs")
+            jobs.setdefault(method, []).append((setting, Job(config, records / "sweep" / f"{name}.json.gz", with_items=False)))
+    failures = run_all([job for method_jobs in jobs.values() for _, job in method_jobs], workers, runs / "logs")
     if failures:
         raise SystemExit("sweep runs failed:\n" + "\n".join(failures))
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for method, method_jobs in jobs.items():
+        for setting, job in method_jobs:
+            record = load_record(job.record)
+            row = {"setting": setting, "stage": stage, "validation": record["metrics"], "cost": record["cost"]}
+            rows.setdefault(method, []).append(row)
+    return rows
+
+
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row of best validation Last; the first of equals (the grid before its refinement)."""
+    return max(rows, key=lambda r: r["validation"]["last"]) if rows else {"setting": {}}
+
+
+def sweep_stage(track: Track, runs: Path, records: Path, methods: list[str], workers: int) -> dict[str, Any]:
+    """Run every method's grid on the first two tasks' validation splits, then its refinement around
+    the grid's best (``Track.refine``); the best setting of both per method."""
+    grid = _sweep_rows(track, runs, records, {m: sweep_settings(track, m) for m in methods}, workers, "grid")
+    around = {m: refine_settings(track, m, best_row(grid[m])["setting"]) for m in methods if m in grid}
+    refined = _sweep_rows(track, runs, records, {m: s for m, s in around.items() if s}, workers, "refine")
     out: dict[str, Any] = {}
     for method in methods:
-        rows = []
-        for setting, job in grid.get(method, []):
-            record = load_record(job.record)
-            rows.append({"setting": setting, "validation": record["metrics"], "cost": record["cost"]})
-        best = max(rows, key=lambda r: r["validation"]["last"]) if rows else {"setting": {}}
-        out[method] = {"tasks": track.sweep_tasks, "criterion": "validation Last", "grid": rows, "chosen": best["setting"]}
+        rows = grid.get(method, []) + refined.get(method, [])
+        out[method] = {"tasks": track.sweep_tasks, "criterion": "validation Last", "grid": rows,
+                       "chosen": best_row(rows)["setting"]}  # fmt: skip
     return out
 
 
 def sweep_covers(recorded: dict[str, Any] | None, track: Track, method: str) -> bool:
-    """Whether a results file's sweep of `method` ran exactly the track's current grid (a grid changed
-    since, e.g. extended, must be swept again before its choice is used)."""
+    """Whether a results file's sweep of `method` ran exactly the track's current grid and the
+    refinement around that grid's best (a grid or refinement changed since, e.g. extended, must be
+    swept again before its choice is used)."""
     if recorded is None:
         return False
-    ran = sorted(json.dumps(row["setting"], sort_keys=True) for row in recorded["grid"])
-    return ran == sorted(json.dumps(setting, sort_keys=True) for setting in sweep_settings(track, method))
+
+    def key(setting: dict[str, Any]) -> str:
+        return json.dumps(setting, sort_keys=True)
+
+    grid = {key(s) for s in sweep_settings(track, method)}
+    ran = sorted(key(row["setting"]) for row in recorded["grid"])
+    best = best_row([row for row in recorded["grid"] if key(row["setting"]) in grid])["setting"]
+    return ran == sorted([*grid, *(key(s) for s in refine_settings(track, method, best))])
 
 
 def main_jobs(
@@ -623,7 +666,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--out {out}: not a protocol results file (no 'protocol' key); give another --out "
                          "or move the file away (the quick tables are text_mtil_quick.json / llm_cl_quick.json)")  # fmt: skip
     results["protocol"] = {"base": track.base, "orders": track.orders, "methods": track.methods,
-                           "sweep_grid": track.sweep, "seeds": args.seeds}  # fmt: skip
+                           "sweep_grid": track.sweep, "sweep_refine": track.refine, "seeds": args.seeds}  # fmt: skip
     if args.stage in ("all", "sweep"):
         done = sweep_stage(track, runs, records, [m for m in methods if m in track.sweep], args.workers)
         results["sweep"] = {**results.get("sweep", {}), **done}

@@ -149,6 +149,45 @@ def test_sweep_picks_the_best_validation_last_and_skips_recorded_runs(protocol, 
         protocol.sweep_stage(changed, tmp_path / "runs", records, ["lora"], workers=1)
 
 
+def test_refinement_runs_around_the_grid_best_and_can_win(protocol, tmp_path, monkeypatch):
+    """``Track.refine`` moves one key at a time around the grid's best setting: its runs are part of
+    the sweep's rows (stage "refine"), win when their validation Last is higher, and a recorded sweep
+    whose refinement was made around another best (or not made) does not cover the track."""
+    track = copy.deepcopy(protocol.TEXT)
+    track.sweep = {"moram": {"train.lr": [1.0e-3, 2.0e-3], "method.tau": [0.1]}}
+    track.refine = {"moram": {"method.top_k": [8, 32]}}
+    records = tmp_path / "rec"
+    score = {(1.0e-3, None): 50.0, (2.0e-3, None): 70.0, (2.0e-3, 8): 60.0, (2.0e-3, 32): 80.0}
+    ran = []
+
+    def fake_run_all(jobs, workers, logs):  # "runs" a job without a record: a record with its score
+        for job in (j for j in jobs if not j.record.exists()):
+            method = job.config["method"]
+            key = (job.config["train"]["lr"], method.get("top_k"))
+            ran.append(key)
+            fake_record(protocol, records, "sweep", job.record.name.removesuffix(".json.gz"),
+                        [np.full((3, 10), score[key]) for _ in range(2)], config=job.config)  # fmt: skip
+        return []
+
+    monkeypatch.setattr(protocol, "run_all", fake_run_all)
+    result = protocol.sweep_stage(track, tmp_path / "runs", records, ["moram"], workers=1)["moram"]
+    assert ran == [(1.0e-3, None), (2.0e-3, None), (2.0e-3, 8), (2.0e-3, 32)]  # the grid, then around its best
+    assert [r["stage"] for r in result["grid"]] == ["grid", "grid", "refine", "refine"]
+    assert result["chosen"] == {"method.tau": 0.1, "train.lr": 2.0e-3, "method.top_k": 32}
+    assert protocol.sweep_covers(result, track, "moram")
+    grid_only = {**result, "grid": result["grid"][:2]}
+    assert not protocol.sweep_covers(grid_only, track, "moram")  # refinement missing
+    moved = copy.deepcopy(result)  # a grid whose best is now lr 1e-3: refined around 2e-3, not covered
+    moved["grid"][0]["validation"]["last"] = 99.0
+    assert not protocol.sweep_covers(moved, track, "moram")
+    score[2.0e-3, 32] = 65.0  # a refinement that loses leaves the grid's choice
+    for path in (records / "sweep").glob("*top_k=32*"):
+        path.unlink()
+    shutil.rmtree(tmp_path / "runs")
+    again = protocol.sweep_stage(track, tmp_path / "runs", records, ["moram"], workers=1)["moram"]
+    assert ran[4:] == [(2.0e-3, 32)] and again["chosen"] == {"method.tau": 0.1, "train.lr": 2.0e-3}
+
+
 def test_holm_adjusted_significance_in_the_report(protocol):
     """Per stream and metric the pairs form one family: p-values are Holm-adjusted (a bootstrap p of 0
     enters as its resolution 2 / n_boot), the significant cells are bold and listed with the better

@@ -595,9 +595,28 @@ def diff_cell(pair: dict[str, Any]) -> str:
     return f"**{text}**" if pair.get("p_holm", 1.0) < ALPHA else text
 
 
+def sweep_table(results: dict[str, Any]) -> list[str]:
+    """The validation sweep as markdown: every setting of every method, its stage (grid or
+    refinement), validation Last / Average / plasticity and CPU time, and which one was chosen."""
+    sweep = results.get("sweep") or {}
+    if not sweep:
+        return []
+    tasks = next(iter(sweep.values()))["tasks"]
+    lines = [f"\n**Validation sweep** ({' -> '.join(tasks)}, seed 0; criterion: validation Last)\n",
+             "| method | setting | stage | validation Last | validation Average | plasticity | CPU | chosen |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for method, data in sweep.items():
+        for row in data["grid"]:
+            v = row["validation"]
+            chosen = "yes" if row["setting"] == data["chosen"] else ""
+            cells = f"{v['last']:.1f} | {v['average']:.1f} | {v['plasticity']:+.1f} | {row['cost']['cpu_s'] / 60:.1f} min"
+            lines.append(f"| {method} | {label(row['setting'])} | {row.get('stage', 'grid')} | {cells} | {chosen} |")
+    return lines
+
+
 def tables(track: Track, results: dict[str, Any]) -> str:
-    lines = []
-    for order, data in results["main"].items():
+    lines = sweep_table(results)
+    for order, data in results.get("main", {}).items():
         lines += [f"\n**{order} order** ({', '.join(track.orders[order])})\n",
                   "| method | seeds | Transfer | Average | Last | BWT | plasticity | CPU / run |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -175,6 +175,9 @@ def test_refinement_runs_around_the_grid_best_and_can_win(protocol, tmp_path, mo
     assert [r["stage"] for r in result["grid"]] == ["grid", "grid", "refine", "refine"]
     assert result["chosen"] == {"method.tau": 0.1, "train.lr": 2.0e-3, "method.top_k": 32}
     assert protocol.sweep_covers(result, track, "moram")
+    table = protocol.tables(track, {"sweep": {"moram": result}})
+    assert "| moram | tau=0.1,top_k=32,lr=0.002 | refine | 80.0 |" in table and table.rstrip().endswith("| yes |")
+    assert "| moram | tau=0.1,lr=0.002 | grid | 70.0 |" in table and table.count("| yes |") == 1
     grid_only = {**result, "grid": result["grid"][:2]}
     assert not protocol.sweep_covers(grid_only, track, "moram")  # refinement missing
     moved = copy.deepcopy(result)  # a grid whose best is now lr 1e-3: refined around 2e-3, not covered

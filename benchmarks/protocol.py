@@ -548,7 +548,7 @@ def significant(data: dict[str, Any]) -> list[str]:
             alone = f" (seed {p['seeds'][0]} only)" if len(p["seeds"]) == 1 else ""
             found.append(f"{a} > {b} {d:+.2f} [{low:+.2f}, {high:+.2f}]{alone}")
         name = "BWT" if metric == "bwt" else metric.capitalize()
-        lines.append(f"- {name}: " + ("; ".join(found) if found else "no difference"))
+        lines.append(f"- {name}: " + ("; ".join(found) if found else "no significant difference"))
     return lines
 
 

@@ -212,7 +212,7 @@ def test_holm_adjusted_significance_in_the_report(protocol):
     lines = protocol.significant(data)
     assert lines[2] == ("- Last: codyra > lora +5.00 [+4.00, +6.00]; moram > lora +2.00 [+1.00, +3.00]; "
                         "codyra > moram +3.00 [+2.00, +4.00] (seed 0 only)")  # fmt: skip
-    assert lines[3] == "- BWT: no difference" and lines[0] == "- Transfer: no difference"
+    assert lines[3] == "- BWT: no significant difference" and lines[0] == "- Transfer: no significant difference"
     table = protocol.tables(protocol.TEXT, {"main": {"published": data}})
     assert "**-5.00 [-6.00, -4.00] p<0.0005**" in table and "| +1.00 [+0.00, +2.00] p=0.040 |" in table
     assert "family: the 3 pairs of this stream" in table

@@ -532,6 +532,11 @@ def add_holm(pairs: list[dict[str, Any]]) -> None:
             p["p_holm"] = adjusted
 
 
+def holm_significant(pair: dict[str, Any]) -> bool:
+    """Whether a paired difference's Holm-adjusted p (`add_holm`) is below `ALPHA`."""
+    return pair.get("p_holm", 1.0) < ALPHA
+
+
 def significant(data: dict[str, Any]) -> list[str]:
     """The paired differences of one stream whose Holm-adjusted p is below `ALPHA`, one line per metric:
     ``Last: codyra > lora +18.4 [+16.9, +19.9]`` (the better method first; for BWT, less forgetting)."""
@@ -539,7 +544,7 @@ def significant(data: dict[str, Any]) -> list[str]:
     for metric in ("transfer", "average", "last", "bwt"):
         found = []
         for p in data["paired"]:
-            if p["metric"] != metric or p.get("p_holm", 1.0) >= ALPHA:
+            if p["metric"] != metric or not holm_significant(p):
                 continue
             a, b, d, low, high = p["a"], p["b"], p["difference"], p["low"], p["high"]
             if d < 0:
@@ -588,11 +593,13 @@ def fmt(summary: dict[str, Any]) -> str:
     return f"{summary['mean']:.1f}" + ("" if half is None else f" ± {half:.1f}")
 
 
+_DIFFERENCE_FIELDS = {f.name for f in dataclasses.fields(PairedDifference)}
+
+
 def diff_cell(pair: dict[str, Any]) -> str:
     """One paired difference, bold when it is significant after Holm's adjustment (`add_holm`)."""
-    fields = {f.name for f in dataclasses.fields(PairedDifference)}
-    text = format_difference(PairedDifference(**{k: v for k, v in pair.items() if k in fields}))
-    return f"**{text}**" if pair.get("p_holm", 1.0) < ALPHA else text
+    text = format_difference(PairedDifference(**{k: v for k, v in pair.items() if k in _DIFFERENCE_FIELDS}))
+    return f"**{text}**" if holm_significant(pair) else text
 
 
 def sweep_table(results: dict[str, Any]) -> list[str]:
@@ -637,13 +644,12 @@ def tables(track: Track, results: dict[str, Any]) -> str:
         lines += ["", "Paired differences, bootstrap over seeds and test items (95% interval, two-sided p):", "",
                   "| A − B | seeds | Transfer | Average | Last | BWT |", "|---|---|---|---|---|---|"]  # fmt: skip
         by_pair: dict[tuple[str, str], dict[str, Any]] = {}
-        seeds: dict[tuple[str, str], list[int]] = {}
         for p in data["paired"]:
             by_pair.setdefault((p["a"], p["b"]), {})[p["metric"]] = p
-            seeds[p["a"], p["b"]] = p["seeds"]
         for (a, b), per in by_pair.items():
             cells = " | ".join(diff_cell(per[m]) if m in per else "" for m in ("transfer", "average", "last", "bwt"))
-            lines.append(f"| {a} − {b} | {', '.join(map(str, seeds[a, b]))} | {cells} |")
+            seeds = next(iter(per.values()))["seeds"]  # every metric of a pair is over the same seeds
+            lines.append(f"| {a} − {b} | {', '.join(map(str, seeds))} | {cells} |")
         if data["paired"]:
             n_pairs = len(by_pair)
             lines += ["", f"Significant after Holm's adjustment (bold above; family: the {n_pairs} pairs of this "

@@ -625,14 +625,16 @@ def tables(track: Track, results: dict[str, Any]) -> str:
     lines = sweep_table(results)
     for order, data in results.get("main", {}).items():
         lines += [f"\n**{order} order** ({', '.join(track.orders[order])})\n",
-                  "| method | seeds | Transfer | Average | Last | BWT | plasticity | CPU / run |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| method | setting (sweep) | seeds | Transfer | Average | Last | BWT | plasticity | CPU / run |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for method, res in data["methods"].items():
             s = res["summary"]
             # CPU time, not wall time: a run's wall time grows with whatever else shares the machine
             cpu = np.mean([r["cost"]["cpu_s"] for r in res["runs"].values()]) / 60
             cells = " | ".join(fmt(s[m]) if m != "bwt" or method != "zero-shot" else "" for m in METRICS)
-            lines.append(f"| {method} | {len(res['seeds'])} | {cells} | {cpu:.1f} min |")
+            chosen = (results.get("sweep", {}).get(method) or {}).get("chosen")
+            setting = "-" if chosen is None else label(chosen)
+            lines.append(f"| {method} | {setting} | {len(res['seeds'])} | {cells} | {cpu:.1f} min |")
         codes = {c for res in data["methods"].values() for c in res.get("code", {}).values()}
         if len(codes) > 1:  # say which runs came from which code: a mixed table is read with that in mind
             lines += ["", "Runs of more than one code version (commit per seed):", ""]
@@ -655,6 +657,19 @@ def tables(track: Track, results: dict[str, Any]) -> str:
             lines += ["", f"Significant after Holm's adjustment (bold above; family: the {n_pairs} pairs of this "
                       f"stream, per metric; family-wise error {ALPHA}):", "", *significant(data)]  # fmt: skip
     return "\n".join(lines)
+
+
+def markdown_path(out: Path) -> Path:
+    """Where the report's tables are kept beside the results file: ``text_mtil.json`` -> ``text_mtil.md``."""
+    return out.with_suffix(".md")
+
+
+def markdown_report(track: str, out: Path, tables_text: str) -> str:
+    """The printed report as a markdown file, so the tables docs and README quote are generated, not
+    copied by hand (rewritten by every main or report stage)."""
+    return (f"# Protocol report: {track} track\n\nGenerated from `{out.name}` and its per-run records by "
+            f"`python benchmarks/protocol.py --track {track} --stage report` (do not edit: every main or report "
+            f"stage rewrites it). Protocol: docs/protocol.md.\n{tables_text}\n")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -715,7 +730,9 @@ def main(argv: list[str] | None = None) -> None:
             "peak_rss_mib_max": max((c["peak_rss_mib"] for c in costs), default=None),
             "threads_per_run": 1,
         }
-        print(tables(track, results))
+        report = tables(track, results)
+        print(report)
+        io.write_text(markdown_path(out), markdown_report(args.track, out, report))
     io.write_json(out, results)  # atomic: a stopped protocol never leaves half a results file
 
 

@@ -92,7 +92,7 @@ def test_summaries_and_paired_differences_from_the_records(protocol, tmp_path):
     assert pair["difference"] == pytest.approx(np.mean(lasts) - np.mean(moram_lasts))
     assert pair["high"] < 0 and pair["p_value"] < 0.01  # 60% vs 80% on 120 items per seed
     table = protocol.tables(protocol.TEXT, {"main": {"published": out}})
-    assert "| lora | 3 |" in table and "| lora − moram | 0, 1, 2 |" in table
+    assert "| lora | - | 3 |" in table and "| lora − moram | 0, 1, 2 |" in table
 
     # a method recorded without per-item scores (imported from an earlier results file): its pairs come
     # from the earlier report when they were computed on the same seeds, and are never invented
@@ -241,6 +241,10 @@ def test_report_covers_every_recorded_method_and_order(protocol, tmp_path, capsy
     assert results["cost"]["runs"] == 7 and results["cost"]["cpu_hours"] == pytest.approx(7 * 60 / 3600, abs=0.01)
     printed = capsys.readouterr().out
     assert "**published order**" in printed and "more than one code version" not in printed
+    # the printed tables are kept beside the results file, so docs quote a generated file
+    markdown = (tmp_path / "results.md").read_text()
+    assert markdown.startswith("# Protocol report: text track") and printed.strip() in markdown
+    assert "| lora | - | 3 |" in markdown  # no recorded sweep: no chosen setting to name
 
     # runs from different code are named in the report (a table mixing them is read with that in mind)
     path = records / "published" / "lora__s1.json.gz"
@@ -256,6 +260,15 @@ def test_report_covers_every_recorded_method_and_order(protocol, tmp_path, capsy
     assert "- lora: s0 imported; s1 0123456789ab,fedcba987654+dirty; s2 imported" in printed
     assert printed.count("more than one code version") == 1  # the second order's runs share one
     assert "- 0123456789ab: not in this clone's history" in printed
+
+    # with a recorded sweep the main table names each method's chosen setting
+    results["sweep"] = {"lora": {"tasks": ["agnews", "yelp"], "chosen": {"train.lr": 2.0e-3}, "grid": [
+        {"setting": {"train.lr": 2.0e-3}, "validation": {"last": 60.0, "average": 55.0, "plasticity": 9.0},
+         "cost": {"cpu_s": 120.0}}]}}  # fmt: skip
+    out.write_text(json.dumps(results))
+    protocol.main(["--stage", "report", "--out", str(out)])
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| lora | lr=0.002 | 3 |" in markdown and "| lora | lr=0.002 | grid | 60.0 | 55.0 | +9.0 | 2.0 min | yes |" in markdown
 
 
 def test_src_changes_between_the_commits_of_a_mixed_table(protocol, tmp_path, monkeypatch):

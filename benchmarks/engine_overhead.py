@@ -11,6 +11,10 @@ tensors of both must be equal (checked), so the two sides did the same work.
 
 Rounds alternate (engine, bare, bare, engine, ...) and the medians are compared:
 throughput ratio = bare seconds / engine seconds (1.0 = the engine costs nothing; target >= 0.95).
+A warm-up pair runs first and is not counted: the first model forward of a process pays its one-off
+costs (page faults of the freshly allocated activations, lazy initialisation in torch and the
+tokenizer), which would otherwise land on whichever side runs first. Each evaluation row's time is
+recorded too (``row_eval_s``), so a gap can be located.
 
     RANKWISE_DATA=/path/to/shared/data python benchmarks/engine_overhead.py [--rounds 2] [--iterations 60]
 """
@@ -51,9 +55,9 @@ def make_config(iterations: int, test_size: int) -> Any:
     })  # fmt: skip
 
 
-def engine_round(config: Any) -> tuple[float, float, dict[str, torch.Tensor]]:
-    """(training s, evaluation s, final adapter tensors) of one `run_experiment`."""
-    spent = {"train": 0.0, "eval": 0.0}
+def engine_round(config: Any) -> tuple[float, list[float], dict[str, torch.Tensor]]:
+    """(training s, evaluation s of each row, final adapter tensors) of one `run_experiment`."""
+    spent: dict[str, Any] = {"train": 0.0, "eval": []}
     real_train, real_eval = continual.train_task, continual.evaluate_all
 
     def timed(key: str, fn: Any) -> Any:
@@ -62,7 +66,10 @@ def engine_round(config: Any) -> tuple[float, float, dict[str, torch.Tensor]]:
             try:
                 return fn(*args, **kwargs)
             finally:
-                spent[key] += time.perf_counter() - start
+                if key == "train":
+                    spent[key] += time.perf_counter() - start
+                else:
+                    spent[key].append(time.perf_counter() - start)
 
         return wrapper
 
@@ -79,11 +86,11 @@ def engine_round(config: Any) -> tuple[float, float, dict[str, torch.Tensor]]:
     return spent["train"], spent["eval"], tensors
 
 
-def bare_round(config: Any) -> tuple[float, float, dict[str, torch.Tensor]]:
+def bare_round(config: Any) -> tuple[float, list[float], dict[str, torch.Tensor]]:
     """The same run as a bare loop: build, then per task train and evaluate every task."""
     parts = build_parts(config)
     model, backbone, cfg = parts.model, parts.backbone, parts.config.train
-    train_s = eval_s = 0.0
+    train_s, eval_s = 0.0, []
 
     def evaluate() -> None:
         backbone.model.eval()
@@ -96,7 +103,7 @@ def bare_round(config: Any) -> tuple[float, float, dict[str, torch.Tensor]]:
 
     start = time.perf_counter()
     evaluate()  # the zero-shot row
-    eval_s += time.perf_counter() - start
+    eval_s.append(time.perf_counter() - start)
     for index, task in enumerate(parts.tasks):
         start = time.perf_counter()
         model.begin_task(task.name)
@@ -113,7 +120,7 @@ def bare_round(config: Any) -> tuple[float, float, dict[str, torch.Tensor]]:
         train_s += time.perf_counter() - start
         start = time.perf_counter()
         evaluate()
-        eval_s += time.perf_counter() - start
+        eval_s.append(time.perf_counter() - start)
     _, tensors = model.adapter_payload()
     return train_s, eval_s, tensors
 
@@ -121,6 +128,7 @@ def bare_round(config: Any) -> tuple[float, float, dict[str, torch.Tensor]]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2, help="pairs of (engine, bare) runs, alternating")
+    parser.add_argument("--warmup", type=int, default=1, help="pairs run first and not counted")
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--test-size", type=int, default=200)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "engine_overhead.json")
@@ -128,12 +136,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     config = make_config(args.iterations, args.test_size)
     samples: dict[str, list[tuple[float, float]]] = {"engine": [], "bare": []}
+    rows: dict[str, list[list[float]]] = {"engine": [], "bare": []}
     finals: dict[str, dict[str, torch.Tensor]] = {}
-    for r in range(args.rounds):
+    for r in range(-args.warmup, args.rounds):
         for side in (("engine", "bare") if r % 2 == 0 else ("bare", "engine")):
-            train_s, eval_s, finals[side] = (engine_round if side == "engine" else bare_round)(config)
-            samples[side].append((train_s, eval_s))
-            print(f"round {r + 1} {side}: train {train_s:.1f} s, eval {eval_s:.1f} s", flush=True)
+            train_s, row_s, finals[side] = (engine_round if side == "engine" else bare_round)(config)
+            label = f"warm-up {r + args.warmup + 1}" if r < 0 else f"round {r + 1}"
+            print(f"{label} {side}: train {train_s:.1f} s, eval {sum(row_s):.1f} s "
+                  f"(rows {', '.join(f'{t:.2f}' for t in row_s)})", flush=True)  # fmt: skip
+            if r >= 0:
+                samples[side].append((train_s, sum(row_s)))
+                rows[side].append(row_s)
     same = sorted(finals["engine"]) == sorted(finals["bare"]) and all(
         torch.equal(finals["engine"][k], finals["bare"][k]) for k in finals["engine"]
     )
@@ -143,7 +156,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "setup": {"model": "all-MiniLM-L6-v2", "method": "lora r=16", "tasks": ["agnews", "trec"],
                   "iterations_per_task": args.iterations, "batch_size": 16, "test_items_per_task": args.test_size,
                   "threads": 1},  # fmt: skip
+        "warmup_pairs": args.warmup,
         "samples_s": samples,
+        "row_eval_s": rows,
         "median_train_s": {s: med[s][0] for s in med},
         "median_eval_s": {s: med[s][1] for s in med},
         "train_throughput_engine_vs_bare": med["bare"][0] / med["engine"][0],

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from rankwise.engine.distributed import SINGLE, DistContext, gather_objects, shard
+from rankwise.engine.loader import batches
 from rankwise.errors import ConfigError, DataError, choices
 from rankwise.scoring import SCORERS, item_scores
 from rankwise.tasks import ClassificationExample, Task
@@ -58,24 +59,38 @@ def _length_order(backbone: Any, examples: Sequence[Any], task: Task) -> list[in
 
 @torch.no_grad()
 def evaluate_task(
-    backbone: Any, task: Task, batch_size: int, dist: DistContext = SINGLE, items: dict[str, Any] | None = None
+    backbone: Any,
+    task: Task,
+    batch_size: int,
+    dist: DistContext = SINGLE,
+    items: dict[str, Any] | None = None,
+    workers: int = 0,
 ) -> float:
     """Score of the current model on `task.test`, in [0, 100].
 
     With several processes each rank predicts a contiguous slice of the test set; the slices'
     predictions and targets are gathered in order and every rank scores the whole list. With
     `items`, ``items[task.name]`` gets the per-item scores (`rankwise.scoring.item_scores`; None for
-    a metric that is not a mean over items).
+    a metric that is not a mean over items). `workers` > 0 makes the batches in that many background
+    processes (`rankwise.engine.loader`; the same batches, so the same scores).
     """
     backbone.model.eval()
     examples = shard(task.test, dist)
     order = _length_order(backbone, examples, task)
     predictions: list[Any] = [None] * len(examples)
     targets: list[Any] = [None] * len(examples)
+    starts = range(0, len(examples), batch_size)
+
+    def make(b: int) -> Any:
+        return backbone.collate([examples[i] for i in order[starts[b] : starts[b] + batch_size]], task, False)
+
+    device = getattr(backbone, "device", None) or torch.device("cpu")
+    made = batches(
+        make, 0, len(starts), workers=workers, backbone=backbone, device=device, field="eval.data_workers"
+    )
     with _evaluation(backbone):
-        for start in range(0, len(examples), batch_size):
-            index = order[start : start + batch_size]
-            batch = backbone.collate([examples[i] for i in index], task, False)
+        for b, batch in enumerate(made):
+            index = order[starts[b] : starts[b] + batch_size]
             answers = zip(index, backbone.predict(batch, task), backbone.targets(batch), strict=True)
             for i, prediction, target in answers:
                 predictions[i], targets[i] = prediction, target
@@ -95,13 +110,14 @@ def evaluate_all(
     progress: Callable[[str], None] | None = None,
     dist: DistContext = SINGLE,
     items: dict[str, Any] | None = None,
+    workers: int = 0,
 ) -> list[float]:
     """One row of the accuracy matrix: the score on every task, in stream order (per-item scores
-    into `items` when given, as in `evaluate_task`)."""
+    into `items` when given, batches made by `workers` background processes, as in `evaluate_task`)."""
     row = []
     with _evaluation(backbone):  # one pass over a model that does not change: one prompt-cache key
         for task in tasks:
-            row.append(evaluate_task(backbone, task, batch_size, dist, items))
+            row.append(evaluate_task(backbone, task, batch_size, dist, items, workers))
             if progress is not None:
                 progress(task.name)
     return row

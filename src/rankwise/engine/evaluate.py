@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -57,7 +58,65 @@ def _length_order(backbone: Any, examples: Sequence[Any], task: Task) -> list[in
     return sorted(range(len(examples)), key=lambda i: length(examples[i], task))
 
 
+@dataclass
+class _Plan:
+    """How one task's test set is batched: this rank's examples, their batching order, batch starts."""
+
+    task: Task
+    examples: Sequence[Any]
+    order: list[int]
+    batch_size: int
+
+    @property
+    def count(self) -> int:
+        return -(-len(self.examples) // self.batch_size)
+
+    def indices(self, b: int) -> list[int]:
+        return self.order[b * self.batch_size : (b + 1) * self.batch_size]
+
+    def collate(self, backbone: Any, b: int) -> Any:
+        return backbone.collate([self.examples[i] for i in self.indices(b)], self.task, False)
+
+
+def _plan(backbone: Any, task: Task, batch_size: int, dist: DistContext) -> _Plan:
+    examples = shard(task.test, dist)
+    return _Plan(task, examples, _length_order(backbone, examples, task), batch_size)
+
+
+def _made(backbone: Any, plans: Sequence[_Plan], workers: int) -> Iterator[Any]:
+    """The collated batches of `plans`, in order: one stream (one set of workers) for all of them."""
+    flat = [(plan, b) for plan in plans for b in range(plan.count)]
+    device = getattr(backbone, "device", None) or torch.device("cpu")
+    return batches(
+        lambda k: flat[k][0].collate(backbone, flat[k][1]), 0, len(flat),
+        workers=workers, backbone=backbone, device=device, field="eval.data_workers",
+    )  # fmt: skip
+
+
 @torch.no_grad()
+def _score(
+    backbone: Any, plan: _Plan, made: Iterator[Any], dist: DistContext, items: dict[str, Any] | None
+) -> float:
+    """Score of `plan`'s task from its batches, taken from `made` in order."""
+    task = plan.task
+    backbone.model.eval()
+    predictions: list[Any] = [None] * len(plan.examples)
+    targets: list[Any] = [None] * len(plan.examples)
+    with _evaluation(backbone):
+        for b in range(plan.count):
+            batch = next(made)
+            answers = zip(plan.indices(b), backbone.predict(batch, task), backbone.targets(batch), strict=True)
+            for i, prediction, target in answers:
+                predictions[i], targets[i] = prediction, target
+    if dist.enabled:
+        parts = gather_objects((predictions, targets), dist)
+        predictions = [p for preds, _ in parts for p in preds]
+        targets = [t for _, targs in parts for t in targs]
+    if items is not None:
+        items[task.name] = item_scores(task.metric, predictions, targets)
+    return float(SCORERS[task.metric](predictions, targets))
+
+
 def evaluate_task(
     backbone: Any,
     task: Task,
@@ -74,33 +133,8 @@ def evaluate_task(
     a metric that is not a mean over items). `workers` > 0 makes the batches in that many background
     processes (`rankwise.engine.loader`; the same batches, so the same scores).
     """
-    backbone.model.eval()
-    examples = shard(task.test, dist)
-    order = _length_order(backbone, examples, task)
-    predictions: list[Any] = [None] * len(examples)
-    targets: list[Any] = [None] * len(examples)
-    starts = range(0, len(examples), batch_size)
-
-    def make(b: int) -> Any:
-        return backbone.collate([examples[i] for i in order[starts[b] : starts[b] + batch_size]], task, False)
-
-    device = getattr(backbone, "device", None) or torch.device("cpu")
-    made = batches(
-        make, 0, len(starts), workers=workers, backbone=backbone, device=device, field="eval.data_workers"
-    )
-    with _evaluation(backbone):
-        for b, batch in enumerate(made):
-            index = order[starts[b] : starts[b] + batch_size]
-            answers = zip(index, backbone.predict(batch, task), backbone.targets(batch), strict=True)
-            for i, prediction, target in answers:
-                predictions[i], targets[i] = prediction, target
-    if dist.enabled:
-        parts = gather_objects((predictions, targets), dist)
-        predictions = [p for preds, _ in parts for p in preds]
-        targets = [t for _, targs in parts for t in targs]
-    if items is not None:
-        items[task.name] = item_scores(task.metric, predictions, targets)
-    return float(SCORERS[task.metric](predictions, targets))
+    plan = _plan(backbone, task, batch_size, dist)
+    return _score(backbone, plan, _made(backbone, [plan], workers), dist, items)
 
 
 def evaluate_all(
@@ -113,11 +147,14 @@ def evaluate_all(
     workers: int = 0,
 ) -> list[float]:
     """One row of the accuracy matrix: the score on every task, in stream order (per-item scores
-    into `items` when given, batches made by `workers` background processes, as in `evaluate_task`)."""
+    into `items` when given, as in `evaluate_task`). With `workers` > 0 one set of background
+    processes makes the batches of every task, so a row starts them once."""
+    plans = [_plan(backbone, task, batch_size, dist) for task in tasks]
+    made = _made(backbone, plans, workers)
     row = []
     with _evaluation(backbone):  # one pass over a model that does not change: one prompt-cache key
-        for task in tasks:
-            row.append(evaluate_task(backbone, task, batch_size, dist, items, workers))
+        for plan in plans:
+            row.append(_score(backbone, plan, made, dist, items))
             if progress is not None:
-                progress(task.name)
+                progress(plan.task.name)
     return row

@@ -44,6 +44,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _check_workers(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64:
+        raise ConfigError(name, value, "an integer in [0, 64] (0 = make batches in the main process)")
+
+
 @dataclass
 class TrainConfig:
     """How each task is trained (the same settings for every task)."""
@@ -65,6 +70,13 @@ class TrainConfig:
         default=False,
         metadata={"help": "torch.compile the model's repeated blocks (from the first task on, recompiled per task)"},
     )
+    data_workers: int = field(
+        default=0,
+        metadata={
+            "help": "processes that read, decode and collate training batches ahead of the step (engine/loader.py); "
+            "0 = in the training process"
+        },
+    )
     parallel: str = field(
         default="ddp",
         metadata={
@@ -79,6 +91,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}", getattr(self, name), "an integer >= 1")
         if self.optimizer not in ("adamw", "adam"):
             raise ConfigError("train.optimizer", self.optimizer, choices(["adamw", "adam"]))
+        _check_workers(self.data_workers, "train.data_workers")
         if self.parallel not in ("ddp", "fsdp"):
             raise ConfigError("train.parallel", self.parallel, choices(["ddp", "fsdp"]))
         if self.parallel == "fsdp" and self.compile:
@@ -113,9 +126,15 @@ class EvalConfig:
         metadata={"help": "write each row's per-item scores to item_scores/ (for paired tests, report_compare)"},
     )
 
+    data_workers: int = field(
+        default=0,
+        metadata={"help": "processes that read, decode and collate evaluation batches ahead; 0 = in this process"},
+    )
+
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError("eval.batch_size", self.batch_size, "an integer >= 1")
+        _check_workers(self.data_workers, "eval.data_workers")
         if not isinstance(self.item_scores, bool):
             raise ConfigError("eval.item_scores", self.item_scores, "true or false")
 

@@ -149,8 +149,9 @@ def _evaluate(run: RunState, parts: Parts, tasks: list[Task], label: str, row_in
     bar = run.progress(len(tasks), f"eval {label}")
     items: dict[str, Any] | None = {} if run.config.eval.item_scores and row_index is not None else None
     row = evaluate_all(
-        parts.backbone, tasks, run.config.eval.batch_size, lambda name: bar.update(1), parts.dist, items
-    )
+        parts.backbone, tasks, run.config.eval.batch_size, lambda name: bar.update(1), parts.dist, items,
+        run.config.eval.data_workers,
+    )  # fmt: skip
     bar.close()
     if items is not None and parts.dist.is_main:
         _write_items(run, row_index, label, tasks, items)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rankwise.engine.distributed import SINGLE, DistContext, gather_objects, shard
+from rankwise.engine.loader import batches
 from rankwise.errors import ConfigError, DataError, choices
 from rankwise.scoring import SCORERS, item_scores
 from rankwise.tasks import ClassificationExample, Task
@@ -56,27 +58,54 @@ def _length_order(backbone: Any, examples: Sequence[Any], task: Task) -> list[in
     return sorted(range(len(examples)), key=lambda i: length(examples[i], task))
 
 
-@torch.no_grad()
-def evaluate_task(
-    backbone: Any, task: Task, batch_size: int, dist: DistContext = SINGLE, items: dict[str, Any] | None = None
-) -> float:
-    """Score of the current model on `task.test`, in [0, 100].
+@dataclass
+class _Plan:
+    """How one task's test set is batched: this rank's examples, their batching order, batch starts."""
 
-    With several processes each rank predicts a contiguous slice of the test set; the slices'
-    predictions and targets are gathered in order and every rank scores the whole list. With
-    `items`, ``items[task.name]`` gets the per-item scores (`rankwise.scoring.item_scores`; None for
-    a metric that is not a mean over items).
-    """
-    backbone.model.eval()
+    task: Task
+    examples: Sequence[Any]
+    order: list[int]
+    batch_size: int
+
+    @property
+    def count(self) -> int:
+        return -(-len(self.examples) // self.batch_size)
+
+    def indices(self, b: int) -> list[int]:
+        return self.order[b * self.batch_size : (b + 1) * self.batch_size]
+
+    def collate(self, backbone: Any, b: int) -> Any:
+        return backbone.collate([self.examples[i] for i in self.indices(b)], self.task, False)
+
+
+def _plan(backbone: Any, task: Task, batch_size: int, dist: DistContext) -> _Plan:
     examples = shard(task.test, dist)
-    order = _length_order(backbone, examples, task)
-    predictions: list[Any] = [None] * len(examples)
-    targets: list[Any] = [None] * len(examples)
+    return _Plan(task, examples, _length_order(backbone, examples, task), batch_size)
+
+
+def _made(backbone: Any, plans: Sequence[_Plan], workers: int) -> Iterator[Any]:
+    """The collated batches of `plans`, in order: one stream (one set of workers) for all of them."""
+    flat = [(plan, b) for plan in plans for b in range(plan.count)]
+    device = getattr(backbone, "device", None) or torch.device("cpu")
+    return batches(
+        lambda k: flat[k][0].collate(backbone, flat[k][1]), 0, len(flat),
+        workers=workers, backbone=backbone, device=device, field="eval.data_workers",
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def _score(
+    backbone: Any, plan: _Plan, made: Iterator[Any], dist: DistContext, items: dict[str, Any] | None
+) -> float:
+    """Score of `plan`'s task from its batches, taken from `made` in order."""
+    task = plan.task
+    backbone.model.eval()
+    predictions: list[Any] = [None] * len(plan.examples)
+    targets: list[Any] = [None] * len(plan.examples)
     with _evaluation(backbone):
-        for start in range(0, len(examples), batch_size):
-            index = order[start : start + batch_size]
-            batch = backbone.collate([examples[i] for i in index], task, False)
-            answers = zip(index, backbone.predict(batch, task), backbone.targets(batch), strict=True)
+        for b in range(plan.count):
+            batch = next(made)
+            answers = zip(plan.indices(b), backbone.predict(batch, task), backbone.targets(batch), strict=True)
             for i, prediction, target in answers:
                 predictions[i], targets[i] = prediction, target
     if dist.enabled:
@@ -88,6 +117,26 @@ def evaluate_task(
     return float(SCORERS[task.metric](predictions, targets))
 
 
+def evaluate_task(
+    backbone: Any,
+    task: Task,
+    batch_size: int,
+    dist: DistContext = SINGLE,
+    items: dict[str, Any] | None = None,
+    workers: int = 0,
+) -> float:
+    """Score of the current model on `task.test`, in [0, 100].
+
+    With several processes each rank predicts a contiguous slice of the test set; the slices'
+    predictions and targets are gathered in order and every rank scores the whole list. With
+    `items`, ``items[task.name]`` gets the per-item scores (`rankwise.scoring.item_scores`; None for
+    a metric that is not a mean over items). `workers` > 0 makes the batches in that many background
+    processes (`rankwise.engine.loader`; the same batches, so the same scores).
+    """
+    plan = _plan(backbone, task, batch_size, dist)
+    return _score(backbone, plan, _made(backbone, [plan], workers), dist, items)
+
+
 def evaluate_all(
     backbone: Any,
     tasks: Sequence[Task],
@@ -95,13 +144,17 @@ def evaluate_all(
     progress: Callable[[str], None] | None = None,
     dist: DistContext = SINGLE,
     items: dict[str, Any] | None = None,
+    workers: int = 0,
 ) -> list[float]:
     """One row of the accuracy matrix: the score on every task, in stream order (per-item scores
-    into `items` when given, as in `evaluate_task`)."""
+    into `items` when given, as in `evaluate_task`). With `workers` > 0 one set of background
+    processes makes the batches of every task, so a row starts them once."""
+    plans = [_plan(backbone, task, batch_size, dist) for task in tasks]
+    made = _made(backbone, plans, workers)
     row = []
     with _evaluation(backbone):  # one pass over a model that does not change: one prompt-cache key
-        for task in tasks:
-            row.append(evaluate_task(backbone, task, batch_size, dist, items))
+        for plan in plans:
+            row.append(_score(backbone, plan, made, dist, items))
             if progress is not None:
-                progress(task.name)
+                progress(plan.task.name)
     return row

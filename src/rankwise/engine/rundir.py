@@ -159,14 +159,31 @@ def folder_kind(run_dir: Path) -> str:
 
 
 # -- opening a run directory ------------------------------------------------------------------------------
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """`saved` resolved by this version: an option added after the run was made is compared at its
+    default (which must be the behaviour of the code that made it); `saved` as is when it no longer parses."""
+    try:
+        return config_from_dict(saved).to_dict()
+    except Exception:  # noqa: BLE001 - the raw config is then compared, and the diff shows what differs
+        return saved
+
+
 def _config_diff(saved: dict[str, Any], current: dict[str, Any]) -> str:
     def lines(d: dict[str, Any]) -> list[str]:
-        # where the run lives and how many threads it uses do not change what it computes
+        # where the run lives and how many threads it uses do not change what it computes; nor does
+        # how many background processes make its batches, once there is at least one (engine/loader.py)
         d = {k: v for k, v in d.items() if k not in ("output", "threads")}
+        if isinstance(d.get("eval"), dict):  # evaluation batches are the same batches either way
+            d["eval"] = {k: v for k, v in d["eval"].items() if k != "data_workers"}
+        if isinstance(d.get("train"), dict) and isinstance(d["train"].get("data_workers"), int):
+            background = "in background processes" if d["train"]["data_workers"] else 0
+            d["train"] = {**d["train"], "data_workers": background}
         return yaml.safe_dump(d, sort_keys=True).splitlines()
 
     return "\n".join(
-        difflib.unified_diff(lines(saved), lines(current), "saved config.yaml", "this config", lineterm="")
+        difflib.unified_diff(
+            lines(_with_defaults(saved)), lines(current), "saved config.yaml", "this config", lineterm=""
+        )
     )
 
 

@@ -32,6 +32,7 @@ from rankwise.adapters.base import whole
 from rankwise.config import TrainConfig
 from rankwise.engine.device import data_generator
 from rankwise.engine.distributed import SINGLE, DistContext, TaskDDP, TaskParallel, mean_scalar, shard
+from rankwise.engine.loader import batch_seed, batches
 from rankwise.errors import RankwiseError
 from rankwise.tasks import Task
 
@@ -155,14 +156,21 @@ def train_task(
     if step_loss is None:
         step_loss = TaskDDP(model, lambda batch: backbone.loss(batch, task), params, dist, device)
     model.train()
+
+    def make(micro_step: int) -> Any:
+        return backbone.collate([task.train[i] for i in shard(order.indices(micro_step), dist)], task, True)
+
+    micro_steps = batches(
+        make, start_iteration * cfg.grad_accumulation, cfg.iterations * cfg.grad_accumulation,
+        workers=cfg.data_workers, backbone=backbone, device=device, seed=batch_seed(seed, task_index),
+    )  # fmt: skip
     for it in range(start_iteration + 1, cfg.iterations + 1):
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         total_loss = 0.0
         extra_total: float | None = None  # the method's regulariser over this step, when it adds one
         for micro in range(cfg.grad_accumulation):
-            idx = shard(order.indices((it - 1) * cfg.grad_accumulation + micro), dist)
-            batch = backbone.collate([task.train[i] for i in idx], task, True)
+            batch = next(micro_steps)
             with step_loss.sync(last=micro == cfg.grad_accumulation - 1):
                 with autocast:
                     loss = step_loss(batch)

@@ -131,6 +131,32 @@ def linear_token_counter(model: nn.Module, names: list[str]) -> Iterator[dict[st
             h.remove()
 
 
+@contextmanager
+def call_timer(module: Any, names: dict[str, str]) -> Iterator[dict[str, list[float]]]:
+    """Inside the block, every call of ``module.<attr>`` is timed: ``times[key]`` lists the seconds of
+    each call, for ``names = {key: attr}``; the module's functions are restored on exit."""
+    times: dict[str, list[float]] = {key: [] for key in names}
+    real = {key: getattr(module, attr) for key, attr in names.items()}
+
+    def timed(key: str) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return real[key](*args, **kwargs)
+            finally:
+                times[key].append(time.perf_counter() - start)
+
+        return wrapper
+
+    for key, attr in names.items():
+        setattr(module, attr, timed(key))
+    try:
+        yield times
+    finally:
+        for key, attr in names.items():
+            setattr(module, attr, real[key])
+
+
 def machine_conditions() -> dict[str, object]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {

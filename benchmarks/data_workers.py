@@ -23,7 +23,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import machine_conditions  # noqa: E402
+from _timing import call_timer, machine_conditions  # noqa: E402
 
 from rankwise.config import config_from_dict  # noqa: E402
 from rankwise.engine import continual  # noqa: E402
@@ -59,28 +58,12 @@ def make_config(workers: int, iterations: int, batch_size: int, test_size: int, 
 
 def one_run(config: Any) -> tuple[float, float, np.ndarray, list[float]]:
     """(training s, evaluation s, accuracy matrix, step losses) of one `run_experiment`."""
-    spent = {"train": 0.0, "eval": 0.0}
-    real_train, real_eval = continual.train_task, continual.evaluate_all
-
-    def timed(key: str, fn: Any) -> Any:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[key] += time.perf_counter() - start
-
-        return wrapper
-
-    continual.train_task, continual.evaluate_all = timed("train", real_train), timed("eval", real_eval)
-    try:
+    with call_timer(continual, {"train": "train_task", "eval": "evaluate_all"}) as spent:
         with tempfile.TemporaryDirectory() as tmp:
             result = continual.run_experiment(config, Path(tmp) / "run", quiet=True)
             events = [json.loads(x) for x in (result.run_dir / "events.jsonl").read_text().splitlines()]
             losses = [e["loss"] for e in events if e["event"] == "step"]
-    finally:
-        continual.train_task, continual.evaluate_all = real_train, real_eval
-    return spent["train"], spent["eval"], result.accuracy_matrix, losses
+    return sum(spent["train"]), sum(spent["eval"]), result.accuracy_matrix, losses
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

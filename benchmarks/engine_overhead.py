@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import machine_conditions  # noqa: E402
+from _timing import call_timer, machine_conditions  # noqa: E402
 
 from rankwise.config import config_from_dict  # noqa: E402
 from rankwise.engine import continual  # noqa: E402
@@ -57,33 +57,14 @@ def make_config(iterations: int, test_size: int) -> Any:
 
 def engine_round(config: Any) -> tuple[float, list[float], dict[str, torch.Tensor]]:
     """(training s, evaluation s of each row, final adapter tensors) of one `run_experiment`."""
-    spent: dict[str, Any] = {"train": 0.0, "eval": []}
-    real_train, real_eval = continual.train_task, continual.evaluate_all
-
-    def timed(key: str, fn: Any) -> Any:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                if key == "train":
-                    spent[key] += time.perf_counter() - start
-                else:
-                    spent[key].append(time.perf_counter() - start)
-
-        return wrapper
-
-    continual.train_task, continual.evaluate_all = timed("train", real_train), timed("eval", real_eval)
-    try:
+    with call_timer(continual, {"train": "train_task", "eval": "evaluate_all"}) as spent:
         with tempfile.TemporaryDirectory() as tmp:
             result = continual.run_experiment(config, Path(tmp) / "run", quiet=True)
             last = sorted((result.run_dir / "checkpoints").iterdir())[-1]
             from safetensors.torch import load_file
 
             tensors = load_file(last / "adapter_model.safetensors")
-    finally:
-        continual.train_task, continual.evaluate_all = real_train, real_eval
-    return spent["train"], spent["eval"], tensors
+    return sum(spent["train"]), spent["eval"], tensors
 
 
 def bare_round(config: Any) -> tuple[float, list[float], dict[str, torch.Tensor]]:

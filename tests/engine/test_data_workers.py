@@ -55,21 +55,26 @@ class _Crash(BaseException):
     pass
 
 
-def test_crash_and_resume_with_workers_is_exact(tmp_path, monkeypatch, in_process):
-    """Killed between a snapshot and its commit (task 1, resumes at iteration 10), resumed with
-    workers: the remaining batches start at the right micro-step."""
+def _crashed_run(monkeypatch, config, run_dir: Path, n: int) -> None:
+    """`config` run in `run_dir`, stopped by a kill-like exception at the `n`-th state commit."""
     original, calls = ckpt.write_state, [0]
 
     def crash(*args, **kwargs):
         calls[0] += 1
-        if calls[0] == 4:
+        if calls[0] == n:
             raise _Crash
         return original(*args, **kwargs)
 
     with monkeypatch.context() as patch:
         patch.setattr(ckpt, "write_state", crash)
         with pytest.raises(_Crash):
-            run_experiment(_config(2), tmp_path / "run", quiet=True)
+            run_experiment(config, run_dir, quiet=True)
+
+
+def test_crash_and_resume_with_workers_is_exact(tmp_path, monkeypatch, in_process):
+    """Killed between a snapshot and its commit (task 1, resumes at iteration 10), resumed with
+    workers: the remaining batches start at the right micro-step."""
+    _crashed_run(monkeypatch, _config(2), tmp_path / "run", 4)
     result = run_experiment(_config(1), tmp_path / "run", resume=True, quiet=True)  # 2 -> 1 worker: allowed
     np.testing.assert_array_equal(result.accuracy_matrix, in_process.accuracy_matrix)
     assert _steps(result.run_dir) == _steps(in_process.run_dir)
@@ -105,18 +110,7 @@ def test_random_draws_in_workers_do_not_depend_on_the_worker_count_and_resume_ex
     # and in-process batches draw from the main generators instead: a different (valid) run
     assert _steps(run_experiment(_config(0), tmp_path / "zero", quiet=True).run_dir) != _steps(one.run_dir)
 
-    original, calls = ckpt.write_state, [0]
-
-    def crash(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 6:  # task 2's iteration-5 snapshot
-            raise _Crash
-        return original(*args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(ckpt, "write_state", crash)
-        with pytest.raises(_Crash):
-            run_experiment(_config(2), tmp_path / "resumed", quiet=True)
+    _crashed_run(monkeypatch, _config(2), tmp_path / "resumed", 6)  # task 2's iteration-5 snapshot
     resumed = run_experiment(_config(2), tmp_path / "resumed", resume=True, quiet=True)
     np.testing.assert_array_equal(resumed.accuracy_matrix, one.accuracy_matrix)
     assert _steps(resumed.run_dir) == _steps(one.run_dir)

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rankwise.engine.device import derived_seed
+from rankwise.engine.device import derived_seed, seed_everything
 from rankwise.errors import ConfigError, RankwiseError
 
 
@@ -60,10 +58,7 @@ class _Batches(Dataset):
     def __getitem__(self, i: int) -> Any:
         index = self.first + i
         if self.seed is not None:
-            s = self.seed(index)
-            random.seed(s)
-            np.random.seed(s % 2**32)
-            torch.manual_seed(s)
+            seed_everything(self.seed(index))
         try:
             return self.make(index)
         except RankwiseError as exc:  # e.g. an unreadable image: the run stops with its own message
@@ -92,9 +87,8 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def check_workers(workers: int, field: str) -> None:
-    if "fork" not in multiprocessing.get_all_start_methods():
-        if workers > 0:
-            raise ConfigError(field, workers, "0 on this system (background batches need the 'fork' start method)")
+    if workers > 0 and "fork" not in multiprocessing.get_all_start_methods():
+        raise ConfigError(field, workers, "0 on this system (background batches need the 'fork' start method)")
 
 
 def batches(

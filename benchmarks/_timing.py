@@ -181,6 +181,8 @@ def ratios(result: dict[str, Any], stat: str = "median_s") -> dict[str, Any]:
         out["train_vs_lora"] = {v: t[v] / t["lora"] for v in t}
     i = {v: r[stat] for v, r in result["inference"].items()}
     out["inference_vs_base"] = {v: i[v] / i["base"] for v in i}
+    if "base_split" in i:  # the frozen model with the attention split as adapters split it
+        out["inference_vs_base_split"] = {v: i[v] / i["base_split"] for v in i}
     return out
 
 
@@ -202,10 +204,13 @@ def table(name: str, result: dict[str, Any]) -> str:
             )
             fl = f"{floor[v]:.3f}" if v in floor else ""
             lines.append(f"{v:<14}{1e3 * t['median_s']:>10.1f}{cells}{mem[v]['peak_mib']:>10.1f}{fl:>10}")
-    lines.append(f"{'inference':<14}{'median ms':>10}{'x base (min)':>15}{'MAC floor':>10}")
+    split = "inference_vs_base_split" in r
+    head = f"{'x split (min)':>15}" if split else ""
+    lines.append(f"{'inference':<14}{'median ms':>10}{'x base (min)':>15}{head}{'MAC floor':>10}")
     for v, t in result["inference"].items():
         fl = f"{floor[v]:.3f}" if v in floor else ""
-        cell = f"{r['inference_vs_base'][v]:>8.3f} ({m['inference_vs_base'][v]:.2f})"
+        keys = ("inference_vs_base", "inference_vs_base_split") if split else ("inference_vs_base",)
+        cell = "".join(f"{r[key][v]:>8.3f} ({m[key][v]:.2f})" for key in keys)
         lines.append(f"{v:<14}{1e3 * t['median_s']:>10.1f}{cell}{fl:>10}")
     return "\n".join(lines)
 
@@ -232,9 +237,12 @@ def markdown(report: dict[str, Any]) -> str:
                 out.append(
                     f"| {v} | {1e3 * t['median_s']:.1f} | {cells} | {mem:.0f} | {floor.get(v, float('nan')):.3f} |"
                 )
-            out.append("\n| inference | median ms | x frozen base | MAC floor |")
-            out.append("|---|---:|---:|---:|")
+            # reports saved before the column existed have no ratio to base_split
+            keys = [k for k in ("inference_vs_base", "inference_vs_base_split") if k in r]
+            split = " x frozen base, split attention |" if len(keys) == 2 else ""
+            out.append(f"\n| inference | median ms | x frozen base |{split} MAC floor |")
+            out.append("|---|---:|---:|" + "---:|" * len(keys))
             for v, t in res["inference"].items():
-                cell = f"{r['inference_vs_base'][v]:.3f} ({m['inference_vs_base'][v]:.2f})"
-                out.append(f"| {v} | {1e3 * t['median_s']:.1f} | {cell} | {floor.get(v, float('nan')):.3f} |")
+                cells = " | ".join(f"{r[k][v]:.3f} ({m[k][v]:.2f})" for k in keys)
+                out.append(f"| {v} | {1e3 * t['median_s']:.1f} | {cells} | {floor.get(v, float('nan')):.3f} |")
     return "\n".join(out).replace("| nan |", "| |")

@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/speed.py --models clip,minilm,smollm2
     python benchmarks/speed.py --quick          # tiny shapes, a smoke test (< 60 s)
+    python benchmarks/speed.py --models clip --autocast bf16   # every variant under bfloat16 autocast
 
 Per model (whole model) and per adapted layer shape (one nn.Linear with N = batch x tokens rows):
 training step = forward + backward + AdamW step (+ CoDyRA's proximal gate step) for the frozen base (no
@@ -10,6 +11,8 @@ our LoRA r=16, peft's LoRA r=16 (same targets, same lora_alpha), CoDyRA r=16 and
 16/48/96/176 atoms (the last 16 live and trainable, the rest frozen by begin_task/end_task cycles with
 random values); inference (no_grad, eval) for the base, CoDyRA merged (merge_and_unload) and MoRAM with
 16/48/96/176 frozen atoms. MoRAM's multiply-add floor is 1 + R * sum(tokens x d_in) / base MACs.
+``--autocast bf16`` runs every forward (and so its backward) of every variant under
+``torch.autocast(dtype=torch.bfloat16)``, the way ``train.bf16: true`` runs the engine.
 """
 
 from __future__ import annotations
@@ -137,6 +140,22 @@ def smollm2_workload(quick: bool, batch: int, seq: int, device: str) -> Workload
     )
 
 
+def under_autocast(w: Workload, dtype: torch.dtype | None, device: str) -> Workload:
+    """The workload with its loss (forward; backward follows the forward's dtypes) under autocast."""
+    if dtype is None:
+        return w
+    loss = w.loss
+
+    def autocast_loss(m: nn.Module, x: Any) -> torch.Tensor:
+        with torch.autocast(device_type=device, dtype=dtype):
+            return loss(m, x)
+
+    w.loss = autocast_loss
+    w.info = {**w.info, "autocast": str(dtype).removeprefix("torch.")}
+    return w
+
+
+AUTOCAST = {"none": None, "bf16": torch.bfloat16}
 MODELS = {"clip": clip_workload, "minilm": minilm_workload, "smollm2": smollm2_workload}
 DEFAULTS = {"clip": (8, 0), "minilm": (16, 64), "smollm2": (4, 128)}
 QUICK = {"clip": (2, 0), "minilm": (2, 8), "smollm2": (2, 8)}
@@ -401,6 +420,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--repeats", type=int, default=None, help="timed rounds per variant (default 5, quick 2)"
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--autocast", default="none", choices=list(AUTOCAST), help="run every variant under this autocast dtype"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test")
     parser.add_argument("--no-layers", action="store_true", help="skip the per-layer benchmarks")
@@ -447,7 +469,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         batch, seq = (QUICK if args.quick else DEFAULTS)[name]
         batch = args.batch_size or batch
         seq = args.seq_len or seq
-        w = MODELS[name](args.quick, batch, seq, args.device)
+        w = under_autocast(MODELS[name](args.quick, batch, seq, args.device), AUTOCAST[args.autocast], args.device)
         if args.profile:
             print(profile_inference(w, args.profile))
             continue
@@ -459,6 +481,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not args.no_layers:
             for d_in, d_out, tokens in layer_shapes(w):
                 lw = layer_workload(d_in, d_out, tokens, args.device, official)
+                lw = under_autocast(lw, AUTOCAST[args.autocast], args.device)
                 lres = bench(lw, repeats * 2, args.device)
                 lres["ratios"] = ratios(lres)
                 lres["ratios_from_min"] = ratios(lres, "min_s")

@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import rankwise.adapters.base
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +44,26 @@ def test_quick_benchmark_writes_ratios_and_mac_floor(speed, tmp_path):
         )
         assert saved["models"][name]["layers"], "per-layer results missing"
     assert report["models"].keys() == saved["models"].keys()
+
+
+def test_autocast_bf16_runs_every_variant_under_autocast(speed, tmp_path, monkeypatch):
+    seen: list[torch.dtype] = []  # the dtype each adapted layer's input arrives in
+    forward = rankwise.adapters.base.AdapterLayer.__call__
+
+    def spy(self, x, *args, **kwargs):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return forward(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(rankwise.adapters.base.AdapterLayer, "__call__", spy)
+    out = tmp_path / "speed.json"
+    speed.main(["--quick", "--models", "clip", "--no-layers", "--repeats", "1", "--autocast", "bf16", "--out", str(out)])
+    whole = json.loads(out.read_text())["models"]["clip"]["whole_model"]
+    assert whole["info"]["autocast"] == "bfloat16"
+    assert seen and set(seen) == {torch.bfloat16}
+    # the ratio to the frozen model with split attention (the fused one can hit slow paths under autocast)
+    i = {v: r["median_s"] for v, r in whole["inference"].items()}
+    assert whole["ratios"]["inference_vs_base_split"]["moram176"] == pytest.approx(i["moram176"] / i["base_split"])
+    assert "x frozen base, split attention" in speed.markdown({"models": {"clip": {"whole_model": whole, "layers": {}}}})
 
 
 def test_mac_floor_matches_hand_count(speed):

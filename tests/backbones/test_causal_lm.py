@@ -375,3 +375,24 @@ def test_evaluation_batches_prompts_of_similar_length_and_scores_in_test_order(t
     assert widths == [ranked[1], ranked[3]]  # each batch as wide as its own longest prompt
     assert items["t"] == [100.0, 0.0, 0.0, 100.0]
     assert score == pytest.approx(50.0)
+
+
+def test_training_loss_reads_nothing_back_from_the_device(tiny_dir):
+    """The logits window (1 + the longest answer) is counted on the host by collate: a step's loss
+    does not wait for the device on a GPU. Same loss as when loss() counts it from the labels."""
+    import dataclasses
+
+    from host_reads import MASKING, HostReads
+
+    bb = build_backbone(CausalLMConfig(path=str(tiny_dir), max_length=64), "cpu")
+    batch = bb.collate(EXAMPLES, task(), train=True)
+    longest = max(len(bb.encode(ex)[1]) for ex in EXAMPLES)
+    assert batch.answer_window == longest + 1
+    with HostReads(ignore=MASKING) as mode:
+        mode.active = True
+        loss = bb.loss(batch, task())
+    assert mode.reads == []
+    with HostReads(ignore=MASKING) as mode:  # a batch built by hand, without the window: loss() counts (a read)
+        mode.active = True
+        counted = bb.loss(dataclasses.replace(batch, answer_window=None), task())
+    assert mode.reads and torch.equal(counted, loss)

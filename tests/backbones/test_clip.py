@@ -122,6 +122,21 @@ def test_clip_loss_per_class_present_matches_hand_computation() -> None:
     assert clip_loss(sq, diag, t2i_loss=form).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
+
+@pytest.mark.parametrize("form", ["official", "per_class_present"])
+def test_clip_loss_with_the_batch_classes_given_reads_nothing_back(form: str) -> None:
+    """With the batch's distinct labels from collate (found on the host) neither form reads the
+    labels back from the device; the value is the one ``torch.unique`` gives."""
+    from host_reads import HostReads
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(6, 4) * 3, torch.tensor([2, 0, 2, 3, 2, 0])
+    with HostReads() as mode:
+        mode.active = True
+        given = clip_loss(logits, labels, 1.0, form, num_seen=3, present=torch.tensor([0, 2, 3]))
+    assert mode.reads == []
+    assert torch.equal(given, clip_loss(logits, labels, 1.0, form, num_seen=3))
+
 def official_loss_by_loops(logits: list[list[float]], labels: list[int], seen: int, weight: float) -> float:
     """The official MoRAM / CoDyRA loss written out with Python floats: rows of S seen prompts (masked
     to -inf for image->text, no image of theirs in the batch) + C current prompts; text->image is a
@@ -208,6 +223,7 @@ def test_open_clip_loss_uses_first_template_and_logit_scale() -> None:
     backbone = build_open_clip(OpenClipConfig(model_config=TINY_OPEN_CLIP), "cpu")
     task = task_of(rgb(4), [0, 1, 1, 2])
     batch = backbone.collate(task.train, task, train=True)
+    assert batch.present_labels.tolist() == [0, 1, 2]  # the batch's classes, found on the host
     m = backbone.model
     with torch.no_grad():
         img = F.normalize(m.encode_image(batch.pixels), dim=-1)

@@ -287,3 +287,26 @@ def test_malformed_pairs_are_refused_naming_the_task(backbone, inputs):
     examples = [ClassificationExample(x, 0) for x in inputs]
     with pytest.raises(DataError, match="task 'nli'.*pair"):
         backbone.collate(examples, pair_task(), train=True)
+
+
+def test_training_loss_reads_nothing_back_from_the_device(tiny_bert_dir):
+    """A training batch carries its distinct labels, found on the host by collate, so the
+    prompt->input term needs no ``torch.unique`` of device labels; same loss as with it."""
+    from host_reads import MASKING, HostReads
+
+    from rankwise.backbones.text import PRESENT
+
+    bb = build_backbone(SentenceEncoderConfig(model_path=str(tiny_bert_dir), prompt_to_input_weight=1.0), "cpu")
+    task = make_task(train=make_task().train + [ClassificationExample("the film was great", 2)] * 2)
+    batch = bb.collate(task.train, task, True)
+    assert batch[PRESENT].tolist() == [0, 1, 2]
+    assert PRESENT not in bb.collate(task.train, task, False)
+    with HostReads(ignore=MASKING) as mode:
+        mode.active = True
+        loss = bb.loss(batch, task)
+    assert mode.reads == []
+    without = {k: v for k, v in batch.items() if k != PRESENT}
+    with HostReads(ignore=MASKING) as mode:
+        mode.active = True
+        found = bb.loss(without, task)
+    assert mode.reads == ["unique"] and torch.equal(found, loss)

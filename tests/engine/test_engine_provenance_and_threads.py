@@ -63,7 +63,8 @@ def test_single_process_helpers_are_no_ops():
     x = torch.ones(2, 3)
     assert step(x).item() == model(x).sum().item()
     assert isinstance(step.sync(last=False), contextlib.nullcontext)
-    assert ddp.mean_scalar(1.5, ddp.SINGLE, torch.device("cpu")) == 1.5
+    mean = ddp.mean_over_ranks(torch.tensor([1.5, float("nan")], dtype=torch.float32), ddp.SINGLE)
+    assert mean.dtype == torch.float64 and mean[0].item() == 1.5 and mean[1].isnan()
     assert ddp.gather_objects({"a": 1}, ddp.SINGLE) == [{"a": 1}]
     assert ddp.broadcast_object("x", ddp.SINGLE) == "x"
     ddp.check_in_sync(torch.nn.Linear(2, 2), ddp.SINGLE, "anywhere")

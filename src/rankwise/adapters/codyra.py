@@ -145,10 +145,13 @@ def prox_reference(gate: torch.Tensor, k: float) -> None:
 
     ``p[p > k] -= k; p[p < -k] += k; p[|p| < k] = 0`` - values in (k, 2k) are first shrunk below k and
     then zeroed, so the dead zone is |p| < 2k (not k), and k is not multiplied by the learning rate.
+    Written with ``torch.where`` (the same subtractions, additions and zeros, so the same bits as the
+    masked assignments) because a boolean-mask assignment reads the mask back to the host: on a GPU
+    every gate of every layer would wait for the device at every step.
     """
-    gate[gate > k] -= k
-    gate[gate < -k] += k
-    gate[gate.abs() < k] = 0
+    g = torch.where(gate > k, gate - k, gate)
+    g = torch.where(g < -k, g + k, g)
+    gate.copy_(g.masked_fill(g.abs() < k, 0))
 
 
 @torch.no_grad()

@@ -53,6 +53,9 @@ class LMBatch:
     attention_mask: torch.Tensor
     labels: torch.Tensor | None
     answers: list[Any]
+    # 1 + the most answer tokens of a row, counted on the host by `collate` so that `loss` need not
+    # read the labels back from the device; None: `loss` counts them
+    answer_window: int | None = None
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -211,12 +214,13 @@ class CausalLMBackbone:
             mask.to(self.device),
             None if labels is None else labels.to(self.device),
             answers,
+            None if labels is None else int((labels != -100).sum(-1).max()) + 1,
         )
 
     def loss(self, batch: LMBatch, task: Task) -> torch.Tensor:
         if batch.labels is None:
             raise DataError("loss() needs a training batch (collate(..., train=True))")
-        keep = int((batch.labels != -100).sum(-1).max()) + 1
+        keep = batch.answer_window or int((batch.labels != -100).sum(-1).max()) + 1
         kwargs = {"logits_to_keep": keep} if self._keeps_logits else {}
         out = self.model(
             input_ids=batch.input_ids,

@@ -70,6 +70,8 @@ class ClipBatch:
     pixels: torch.Tensor
     labels: torch.Tensor
     eval_labels: list[int]
+    # the sorted distinct labels, found on the host by `collate` (the loss need not read `labels` back)
+    present_labels: torch.Tensor | None = None
 
 
 def to_pil(item: Any) -> Image.Image:
@@ -235,7 +237,8 @@ class ClipBackbone:
         transform = self.preprocess_train if train else self.preprocess_eval
         pixels = torch.stack([transform(to_pil(ex.input)) for ex in examples]).to(self.device)
         offset = task.label_offset if task.eval_class_names else 0
-        return ClipBatch(pixels, torch.tensor(labels, device=self.device), [y + offset for y in labels])
+        present = torch.tensor(sorted(set(labels)), dtype=torch.long, device=self.device)
+        return ClipBatch(pixels, torch.tensor(labels, device=self.device), [y + offset for y in labels], present)
 
     def loss(self, batch: ClipBatch, task: Task) -> torch.Tensor:
         if not task.class_names or not task.templates:
@@ -243,7 +246,9 @@ class ClipBackbone:
         image = self.encode_images(batch.pixels)
         text = self.encode_texts([task.templates[0].format(c) for c in task.class_names])
         logits = self.logit_scale().exp() * image @ text.t()
-        return clip_loss(logits, batch.labels, self.t2i_weight, self.t2i_loss, seen_class_count(task))
+        return clip_loss(
+            logits, batch.labels, self.t2i_weight, self.t2i_loss, seen_class_count(task), batch.present_labels
+        )
 
     @torch.no_grad()
     def predict(self, batch: ClipBatch, task: Task) -> list[int]:
@@ -260,11 +265,13 @@ def clip_loss(
     t2i_weight: float = 1.0,
     t2i_loss: str = "official",
     num_seen: int = 0,
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_i2t + t2i_weight * L_t2i for logits (N images, C current classes) and labels (N,).
 
     ``t2i_loss="official"`` is the MoRAM / CoDyRA training loss, with ``num_seen`` = S classes of the
-    earlier tasks; ``"per_class_present"`` is rankwise's earlier form (module docstring).
+    earlier tasks; ``"per_class_present"`` is rankwise's earlier form (module docstring), which uses
+    `present`, the sorted distinct labels, when given (else ``torch.unique(labels)``, a device read).
     """
     _check_t2i_loss(t2i_loss)
     loss = F.cross_entropy(logits, labels)
@@ -276,7 +283,7 @@ def clip_loss(
         log_p = F.log_softmax(logits.t(), dim=1)  # (C, N)
         picked = log_p[labels, torch.arange(labels.shape[0], device=labels.device)]
         return loss + t2i_weight * (-picked.sum() / (int(num_seen) + logits.shape[1]))
-    present = torch.unique(labels)
+    present = torch.unique(labels) if present is None else present
     q = (labels[None, :] == present[:, None]).float()  # (|U|, N)
     q = q / q.sum(dim=1, keepdim=True)
     log_p = F.log_softmax(logits[:, present].t(), dim=1)  # softmax over the batch's images

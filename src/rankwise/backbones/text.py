@@ -93,12 +93,16 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
+PRESENT = "present_labels"  # a training batch's sorted distinct labels (collate)
+
+
 def clip_style_loss(
     inputs: torch.Tensor,
     prompts: torch.Tensor,
     labels: torch.Tensor,
     logit_scale: float,
     prompt_weight: float,
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Input->prompt cross-entropy plus a multi-positive prompt->input term.
 
@@ -110,13 +114,14 @@ def clip_style_loss(
       over them: ``L_c = -mean_{i: y_i = c} q_c[i]``, and ``L_pi = mean_c L_c``. (CLIP's own term
       assumes one positive per row; this is its natural multi-positive form, as in SupCon.)
 
-    Returns ``L_ip + prompt_weight * L_pi``.
+    Returns ``L_ip + prompt_weight * L_pi``. `present`: the sorted distinct labels of the batch
+    (``torch.unique(labels)``), when the caller knows them without reading `labels` from the device.
     """
     logits = logit_scale * inputs @ prompts.T  # (n, C)
     loss = F.cross_entropy(logits, labels)
     if prompt_weight == 0:
         return loss
-    present = torch.unique(labels)
+    present = torch.unique(labels) if present is None else present
     log_q = F.log_softmax(logits[:, present].T, dim=1)  # (classes present, n), softmax over inputs
     positives = (labels.unsqueeze(0) == present.unsqueeze(1)).to(log_q.dtype)
     per_class = -(log_q * positives).sum(dim=1) / positives.sum(dim=1)
@@ -246,14 +251,15 @@ class SentenceEncoderBackbone:
     def collate(self, examples: Sequence[ClassificationExample], task: Task, train: bool) -> dict[str, Any]:
         batch: dict[str, Any] = self.tokenize_inputs([e.input for e in examples], task)
         offset = 0 if train or task.eval_class_names is None else task.label_offset
-        batch["labels"] = torch.tensor(
-            [e.label + offset for e in examples], dtype=torch.long, device=self.device
-        )
+        labels = [e.label + offset for e in examples]
+        batch["labels"] = torch.tensor(labels, dtype=torch.long, device=self.device)
+        if train:  # the batch's classes, found on the host: the loss need not read the labels back
+            batch[PRESENT] = torch.tensor(sorted(set(labels)), dtype=torch.long, device=self.device)
         return batch
 
     @staticmethod
     def _encoded(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in batch.items() if k != "labels"}
+        return {k: v for k, v in batch.items() if k not in ("labels", PRESENT)}
 
     def loss(self, batch: dict[str, Any], task: Task) -> torch.Tensor:
         if not task.class_names:
@@ -263,8 +269,9 @@ class SentenceEncoderBackbone:
         inputs = self.encode(self._encoded(batch))
         prompts = self.prompt_embeddings(task.class_names, self._templates(task), "first")
         return clip_style_loss(
-            inputs, prompts, batch["labels"], self.config.logit_scale, self.config.prompt_to_input_weight
-        )
+            inputs, prompts, batch["labels"], self.config.logit_scale, self.config.prompt_to_input_weight,
+            batch.get(PRESENT),
+        )  # fmt: skip
 
     @torch.no_grad()
     def scores(self, batch: dict[str, Any], task: Task) -> torch.Tensor:

@@ -210,15 +210,17 @@ class TaskDDP:
         """Nothing to undo: DDP leaves the model's parameters as they are (`TaskFSDP` gathers them)."""
 
 
-def mean_scalar(value: float, ctx: DistContext, device: torch.device) -> float:
-    """Mean of a float over ranks (a NaN or inf on any rank makes every rank's result non-finite)."""
+def mean_over_ranks(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Elementwise mean of a 1-D tensor over ranks, in float64 (a NaN or inf on any rank makes every
+    rank's entry non-finite); one collective for the whole tensor."""
+    values = values.double()
     if not ctx.enabled:
-        return value
+        return values
     import torch.distributed as dist
 
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item()) / ctx.world_size
+    values = values.clone()
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values / ctx.world_size
 
 
 def broadcast_parameters(tensors: Iterable[torch.Tensor], ctx: DistContext) -> None:

@@ -31,7 +31,7 @@ from torch import nn
 from rankwise.adapters.base import whole
 from rankwise.config import TrainConfig
 from rankwise.engine.device import data_generator
-from rankwise.engine.distributed import SINGLE, DistContext, TaskDDP, TaskParallel, mean_scalar, shard
+from rankwise.engine.distributed import SINGLE, DistContext, TaskDDP, TaskParallel, mean_over_ranks, shard
 from rankwise.engine.loader import batch_seed, batches
 from rankwise.errors import RankwiseError
 from rankwise.tasks import Task
@@ -109,14 +109,69 @@ class DataOrder:
 
 @dataclass
 class StepLog:
-    """What the loop reports after every optimizer step."""
+    """What the loop reports after every optimizer step.
+
+    ``loss``, ``grad_norm`` and ``extra["extra_loss"]`` are read from the device only at the loop's sync
+    points (`sync_point`: every ``log_every`` and ``checkpoint_every`` steps and the last one), so a
+    step between them does not wait for the device: there ``synced`` is False and they are None.
+    ``examples_per_s`` at a sync point is the throughput since the previous one (device work included).
+    """
 
     iteration: int
-    loss: float
+    loss: float | None
     lr: float
     examples_per_s: float
     grad_norm: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. CoDyRA's prox threshold {"k": k}
+    synced: bool = True
+
+
+def sync_point(iteration: int, cfg: TrainConfig) -> bool:
+    """Whether the loop reads this step's values from the device (logging, snapshots, the task's end)."""
+    return iteration % cfg.log_every == 0 or iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations
+
+
+@dataclass
+class _Pending:
+    """The values of the steps since the last sync point, still on the device (float64 scalars)."""
+
+    iterations: list[int] = field(default_factory=list)
+    micro_losses: list[list[torch.Tensor]] = field(default_factory=list)  # per step, per micro-batch
+    extra_losses: list[torch.Tensor | None] = field(default_factory=list)
+    grad_norms: list[torch.Tensor | None] = field(default_factory=list)
+
+    def add(self, iteration: int, micro: list[torch.Tensor], extra: torch.Tensor | None, norm: torch.Tensor | None) -> None:
+        self.iterations.append(iteration)
+        self.micro_losses.append(micro)
+        self.extra_losses.append(extra)
+        self.grad_norms.append(norm)
+
+    def read(self, task: Task, task_index: int, grad_accumulation: int, dist: DistContext) -> tuple[float, float | None, float | None]:
+        """One host read of every pending value: the last step's (loss, extra loss, grad norm).
+
+        Raises `NonFiniteLossError` naming the first step whose loss (averaged over processes) is NaN
+        or infinite. The arithmetic is the per-step one: each micro-batch's loss summed in float32,
+        averaged over processes, divided by the accumulation and summed over the step's micro-batches.
+        """
+        flat = torch.stack([v for micro in self.micro_losses for v in micro])
+        values = mean_over_ranks(flat, dist).tolist()  # the one sync of the interval
+        index = 0
+        for iteration, micro in zip(self.iterations, self.micro_losses):
+            step_values = values[index : index + len(micro)]
+            index += len(micro)
+            for value in step_values:
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"training loss is {value} on task {task_index + 1} ({task.name!r}), "
+                        f"iteration {iteration}: stopped; try a lower train.lr or set train.grad_clip"
+                    )
+            total = 0.0
+            for value in step_values:
+                total += value / grad_accumulation
+        extra, norm = self.extra_losses[-1], self.grad_norms[-1]
+        result = (total, None if extra is None else float(extra), None if norm is None else float(whole(norm)))
+        self.__init__()
+        return result
 
 
 def train_task(
@@ -147,7 +202,11 @@ def train_task(
     has one and it is not None (a method's per-step regulariser, e.g. O-LoRA's); its value is logged
     as ``StepLog.extra["extra_loss"]`` (this process's, averaged over micro-batches).
     `on_step` is called after every step (the engine logs, snapshots and updates progress there).
-    A non-finite loss raises `NonFiniteLossError` before any parameter is updated with it.
+    Values are read from the device only at sync points (`sync_point`: every ``log_every`` and
+    ``checkpoint_every`` steps and the last step), once for every step since the previous one, so on a
+    GPU the host never waits for a step in between. A non-finite loss raises `NonFiniteLossError` at
+    the sync point that reads it, naming the step it happened at: before any snapshot, checkpoint or
+    evaluation holds what the steps since then did (the parameters in memory do).
     """
     order = DataOrder(len(task.train), cfg.batch_size, seed, task_index)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -164,11 +223,13 @@ def train_task(
         make, start_iteration * cfg.grad_accumulation, cfg.iterations * cfg.grad_accumulation,
         workers=cfg.data_workers, backbone=backbone, device=device, seed=batch_seed(seed, task_index),
     )  # fmt: skip
+    pending = _Pending()
+    interval_started, interval_examples = time.perf_counter(), 0
     for it in range(start_iteration + 1, cfg.iterations + 1):
         started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        total_loss = 0.0
-        extra_total: float | None = None  # the method's regulariser over this step, when it adds one
+        micro_losses: list[torch.Tensor] = []  # kept on the device until the next sync point
+        extra_total: torch.Tensor | None = None  # the method's regulariser over this step, when it adds one
         for micro in range(cfg.grad_accumulation):
             batch = next(micro_steps)
             with step_loss.sync(last=micro == cfg.grad_accumulation - 1):
@@ -177,26 +238,29 @@ def train_task(
                 extra_term = extra_loss() if extra_loss is not None else None
                 if extra_term is not None:  # the method's regulariser (O-LoRA); None adds nothing at all
                     loss = loss + extra_term
-                    extra_total = (extra_total or 0.0) + float(extra_term.detach().float()) / cfg.grad_accumulation
-                value = mean_scalar(float(loss.detach().float().sum()), dist, device)
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(
-                        f"training loss is {value} on task {task_index + 1} ({task.name!r}), "
-                        f"iteration {it}: stopped; try a lower train.lr or set train.grad_clip"
-                    )
+                    term = extra_term.detach().float().double() / cfg.grad_accumulation
+                    extra_total = term if extra_total is None else extra_total + term
+                micro_losses.append(loss.detach().float().sum())
                 (loss / cfg.grad_accumulation).backward()
-            total_loss += value / cfg.grad_accumulation
         grad_norm = None
         if cfg.grad_clip is not None:
-            grad_norm = float(whole(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)))  # FSDP: a DTensor
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
         extra = (after_step(it, cfg.iterations) or {}) if after_step is not None else {}
-        if extra_total is not None:  # logged only when the method adds a term (already inside `loss`)
-            extra = {**extra, "extra_loss": extra_total}
-        elapsed = max(time.perf_counter() - started, 1e-9)
-        on_step(
-            StepLog(it, total_loss, lr, cfg.batch_size * cfg.grad_accumulation / elapsed, grad_norm, dict(extra))
-        )
+        pending.add(it, micro_losses, extra_total, grad_norm)
+        interval_examples += cfg.batch_size * cfg.grad_accumulation
+        if not sync_point(it, cfg):  # nothing read from the device: the host runs ahead
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            on_step(StepLog(it, None, lr, cfg.batch_size * cfg.grad_accumulation / elapsed, None, dict(extra), False))
+            continue
+        # A non-finite loss is found here, before a snapshot or checkpoint holds what it did
+        total_loss, extra_value, norm_value = pending.read(task, task_index, cfg.grad_accumulation, dist)
+        if extra_value is not None:  # logged only when the method adds a term (already inside `loss`)
+            extra = {**extra, "extra_loss": extra_value}
+        now = time.perf_counter()
+        throughput = interval_examples / max(now - interval_started, 1e-9)
+        interval_started, interval_examples = now, 0
+        on_step(StepLog(it, total_loss, lr, throughput, norm_value, dict(extra)))
     model.eval()

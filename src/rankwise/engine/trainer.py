@@ -170,7 +170,7 @@ class _Pending:
                 total += value / grad_accumulation
         extra, norm = self.extra_losses[-1], self.grad_norms[-1]
         result = (total, None if extra is None else float(extra), None if norm is None else float(whole(norm)))
-        self.__init__()
+        self.iterations, self.micro_losses, self.extra_losses, self.grad_norms = [], [], [], []
         return result
 
 

@@ -50,7 +50,7 @@ def run_counting(tmp_path, monkeypatch, method: str, **train) -> tuple[list[tupl
     return steps, result
 
 
-@pytest.mark.parametrize("method", ["codyra", "lora", "moram", "olora"])
+@pytest.mark.parametrize("method", ["codyra", "lora", "moram", "olora", "inflora", "moe-lora", "full"])
 def test_steps_between_sync_points_read_nothing_from_the_device(tmp_path, monkeypatch, method):
     cfg = toy_config(method, log_every=4, checkpoint_every=10, grad_clip=1.0)
     steps, _ = run_counting(tmp_path, monkeypatch, method, log_every=4, checkpoint_every=10, grad_clip=1.0)

@@ -38,12 +38,14 @@ class HostReads(TorchFunctionMode):
         self.active = False
         self.reads: list[str] = []
         self.host_drawn: set[int] = set()  # ids of tensors the data order draws on the host
+        self._keep: list[torch.Tensor] = []  # ...kept alive, so that no later tensor gets their id
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", str(func))
         if name == "randperm":
             self.host_drawn.add(id(out))
+            self._keep.append(out)
         elif self.active and args and isinstance(args[0], torch.Tensor) and id(args[0]) not in self.host_drawn:
             if name in READS or (name in ("__getitem__", "__setitem__") and _bool_index(args)):
                 caller = sys._getframe(1).f_code.co_filename.replace("\\", "/")

@@ -89,3 +89,13 @@ class Backbone(Protocol):
     # Optional: ``evaluation() -> context manager`` around one evaluation pass of a task, during which
     # the model does not change (the CLIP and sentence-encoder backbones hash their text tower once
     # there for the prompt-feature cache). The engine calls it when a backbone has it.
+
+
+PRESENT_LABELS = "present_labels"  # the key of `distinct_labels` in a dict training batch
+
+
+def distinct_labels(labels: Sequence[int], device: torch.device | str | None) -> torch.Tensor:
+    """A batch's sorted distinct labels as a long tensor on `device`: what ``torch.unique`` of its
+    label tensor gives, found on the host by ``collate`` so that a loss need not read labels back from
+    the device (on a GPU that read makes the host wait for every queued step)."""
+    return torch.tensor(sorted(set(labels)), dtype=torch.long, device=device)

@@ -56,7 +56,7 @@ from torch import nn
 
 from rankwise.backbones.prompt_cache import PromptFeatureCache
 from rankwise.errors import ConfigError, DataError, choices
-from rankwise.tasks import Task
+from rankwise.tasks import Task, distinct_labels
 
 EVAL_TEMPLATE_MODES = ("average", "first")
 T2I_LOSS_FORMS = ("official", "per_class_present")
@@ -237,8 +237,9 @@ class ClipBackbone:
         transform = self.preprocess_train if train else self.preprocess_eval
         pixels = torch.stack([transform(to_pil(ex.input)) for ex in examples]).to(self.device)
         offset = task.label_offset if task.eval_class_names else 0
-        present = torch.tensor(sorted(set(labels)), dtype=torch.long, device=self.device)
-        return ClipBatch(pixels, torch.tensor(labels, device=self.device), [y + offset for y in labels], present)
+        return ClipBatch(
+            pixels, torch.tensor(labels, device=self.device), [y + offset for y in labels], distinct_labels(labels, self.device)
+        )
 
     def loss(self, batch: ClipBatch, task: Task) -> torch.Tensor:
         if not task.class_names or not task.templates:

@@ -23,7 +23,8 @@ from torch import nn
 from rankwise.backbones.hub import hub_load_error, resolve_model_source
 from rankwise.backbones.prompt_cache import PromptFeatureCache
 from rankwise.errors import ConfigError, DataError, choices, short_repr
-from rankwise.tasks import ClassificationExample, Task
+from rankwise.tasks import PRESENT_LABELS as PRESENT
+from rankwise.tasks import ClassificationExample, Task, distinct_labels
 
 EVAL_TEMPLATE_MODES = ("first", "average")
 
@@ -91,9 +92,6 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     """Mean of token states over real tokens: ``sum_t m_t h_t / max(sum_t m_t, 1e-9)``."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-
-
-PRESENT = "present_labels"  # a training batch's sorted distinct labels (collate)
 
 
 def clip_style_loss(
@@ -254,7 +252,7 @@ class SentenceEncoderBackbone:
         labels = [e.label + offset for e in examples]
         batch["labels"] = torch.tensor(labels, dtype=torch.long, device=self.device)
         if train:  # the batch's classes, found on the host: the loss need not read the labels back
-            batch[PRESENT] = torch.tensor(sorted(set(labels)), dtype=torch.long, device=self.device)
+            batch[PRESENT] = distinct_labels(labels, self.device)
         return batch
 
     @staticmethod

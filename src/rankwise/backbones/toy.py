@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankwise.errors import ConfigError, DataError
-from rankwise.tasks import ClassificationExample, Task
+from rankwise.tasks import PRESENT_LABELS, ClassificationExample, Task, distinct_labels
 
 
 @dataclass
@@ -177,15 +177,14 @@ class ToyBackbone:
             "tokens": self._pad(seqs, f"task {task.name!r} input"),
             "labels": torch.tensor(labels, dtype=torch.long, device=self.device),
             "class_tokens": self.class_tokens(task, train),
-            # the distinct labels, found on the host: the loss need not read the labels back
-            "present_labels": torch.tensor(sorted(set(labels)), dtype=torch.long, device=self.device),
+            PRESENT_LABELS: distinct_labels(labels, self.device),
         }
 
     def loss(self, batch: dict[str, Any], task: Task) -> torch.Tensor:
         logits = self.model(batch["tokens"], batch["class_tokens"]).float()
         labels = batch["labels"]
         input_to_class = F.cross_entropy(logits, labels)
-        present = batch["present_labels"] if "present_labels" in batch else labels.unique()
+        present = batch[PRESENT_LABELS] if PRESENT_LABELS in batch else labels.unique()
         onehot = (labels[:, None] == present[None, :]).float()  # (batch, present classes)
         target = onehot / onehot.sum(0, keepdim=True)
         log_p = logits[:, present].log_softmax(dim=0)  # over inputs

@@ -133,18 +133,19 @@ def sync_point(iteration: int, cfg: TrainConfig) -> bool:
 
 @dataclass
 class _Pending:
-    """The values of the steps since the last sync point, still on the device (float64 scalars)."""
+    """The steps since the last sync point: every micro-batch's loss (a float32 scalar) still on the
+    device, and the last step's regulariser and gradient norm (the only ones logged)."""
 
-    iterations: list[int] = field(default_factory=list)
-    micro_losses: list[list[torch.Tensor]] = field(default_factory=list)  # per step, per micro-batch
-    extra_losses: list[torch.Tensor | None] = field(default_factory=list)
-    grad_norms: list[torch.Tensor | None] = field(default_factory=list)
+    first: int = 0  # the iteration of losses[0]; the steps are consecutive
+    losses: list[torch.Tensor] = field(default_factory=list)  # grad_accumulation per step
+    extra: torch.Tensor | None = None
+    norm: torch.Tensor | None = None
 
     def add(self, iteration: int, micro: list[torch.Tensor], extra: torch.Tensor | None, norm: torch.Tensor | None) -> None:
-        self.iterations.append(iteration)
-        self.micro_losses.append(micro)
-        self.extra_losses.append(extra)
-        self.grad_norms.append(norm)
+        if not self.losses:
+            self.first = iteration
+        self.losses.extend(micro)
+        self.extra, self.norm = extra, norm
 
     def read(self, task: Task, task_index: int, grad_accumulation: int, dist: DistContext) -> tuple[float, float | None, float | None]:
         """One host read of every pending value: the last step's (loss, extra loss, grad norm).
@@ -153,25 +154,20 @@ class _Pending:
         or infinite. The arithmetic is the per-step one: each micro-batch's loss summed in float32,
         averaged over processes, divided by the accumulation and summed over the step's micro-batches.
         """
-        flat = torch.stack([v for micro in self.micro_losses for v in micro])
-        values = mean_over_ranks(flat, dist).tolist()  # the one sync of the interval
-        index = 0
-        for iteration, micro in zip(self.iterations, self.micro_losses):
-            step_values = values[index : index + len(micro)]
-            index += len(micro)
-            for value in step_values:
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(
-                        f"training loss is {value} on task {task_index + 1} ({task.name!r}), "
-                        f"iteration {iteration}: stopped; try a lower train.lr or set train.grad_clip"
-                    )
-            total = 0.0
-            for value in step_values:
-                total += value / grad_accumulation
-        extra, norm = self.extra_losses[-1], self.grad_norms[-1]
-        result = (total, None if extra is None else float(extra), None if norm is None else float(whole(norm)))
-        self.iterations, self.micro_losses, self.extra_losses, self.grad_norms = [], [], [], []
-        return result
+        values = mean_over_ranks(torch.stack(self.losses), dist).tolist()  # the one sync of the interval
+        for index, value in enumerate(values):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"training loss is {value} on task {task_index + 1} ({task.name!r}), "
+                    f"iteration {self.first + index // grad_accumulation}: stopped; try a lower train.lr "
+                    "or set train.grad_clip"
+                )
+        total = 0.0
+        for value in values[-grad_accumulation:]:
+            total += value / grad_accumulation
+        extra, norm = self.extra, self.norm
+        self.losses, self.extra, self.norm = [], None, None
+        return total, None if extra is None else float(extra), None if norm is None else float(whole(norm))
 
 
 def train_task(
